@@ -1,0 +1,115 @@
+package dlq
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// Memory is an in-memory [Store], for tests and for pipelines that do not
+// need dead letters to survive a restart. It is safe for concurrent use.
+//
+// Records are validated and normalized exactly as [File] does (they go
+// through [Encode] and [Decode]), so a Memory returns what a File would.
+// Unlike a File, a closed Memory can still be read with Records and Len,
+// so a test can inspect the dead letters after its pipeline closed the
+// sink.
+type Memory struct {
+	mu      sync.Mutex
+	seq     uint64
+	entries map[string]memEntry
+	closed  bool
+}
+
+type memEntry struct {
+	seq uint64 // position of the first write
+	rec Record
+}
+
+var _ Store = (*Memory)(nil)
+
+// NewMemory returns an empty Memory.
+func NewMemory() *Memory {
+	return &Memory{entries: make(map[string]memEntry)}
+}
+
+// Write implements [Sink].
+func (m *Memory) Write(ctx context.Context, rec Record) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	line, err := Encode(rec)
+	if err != nil {
+		return err
+	}
+	stored, err := Decode(line)
+	if err != nil {
+		return err // cannot happen: Decode accepts what Encode writes
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return fmt.Errorf("dlq: memory write: %w", ErrClosed)
+	}
+	e, ok := m.entries[stored.ID]
+	if !ok {
+		m.seq++
+		e.seq = m.seq
+	}
+	e.rec = stored
+	m.entries[stored.ID] = e
+	return nil
+}
+
+// Records implements [Store]. It works after Close too.
+func (m *Memory) Records(ctx context.Context) ([]Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	entries := make([]memEntry, 0, len(m.entries))
+	for _, e := range m.entries {
+		entries = append(entries, e)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(entries, func(a, b memEntry) int { return cmp.Compare(a.seq, b.seq) })
+	out := make([]Record, len(entries))
+	for i, e := range entries {
+		out[i] = e.rec.clone()
+	}
+	return out, nil
+}
+
+// Delete implements [Store].
+func (m *Memory) Delete(ctx context.Context, ids ...string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return fmt.Errorf("dlq: memory delete: %w", ErrClosed)
+	}
+	for _, id := range ids {
+		delete(m.entries, id)
+	}
+	return nil
+}
+
+// Len returns the number of live records. It works after Close too.
+func (m *Memory) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.entries)
+}
+
+// Close implements [Sink]. Later writes and deletes fail with [ErrClosed];
+// the records stay readable.
+func (m *Memory) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	return nil
+}

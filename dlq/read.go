@@ -1,0 +1,180 @@
+package dlq
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// MaxLineSize is the largest line, excluding its newline, that a
+// dead-letter file may hold. [File.Write] refuses records that encode
+// larger, and readers report longer lines as corrupt.
+const MaxLineSize = 64 << 20
+
+// TornTail describes an incomplete last line: bytes after the last newline,
+// left by a crash in the middle of an append. Such a line was never
+// acknowledged to a writer, so dropping it loses nothing that was promised.
+type TornTail struct {
+	// Offset is the byte offset where the torn line starts (just after the
+	// last newline, or 0).
+	Offset int64
+	// Bytes is the length of the torn line.
+	Bytes int64
+	// Line is the 1-based line number of the torn line, or 0 when it is
+	// not known: [OpenFile] finds torn tails by looking at the end of the
+	// file only, without counting the lines before.
+	Line int
+}
+
+// ReadResult is what [ReadFile] found.
+type ReadResult struct {
+	// Records are the live records, in the order they were first written.
+	Records []Record
+	// Torn is the incomplete last line that was skipped, or nil.
+	Torn *TornTail
+}
+
+// ReadFile reads the dead-letter file at path without locking it, for
+// read-only tools; it works while a writer is appending. A torn last line
+// (no trailing newline, e.g. after a crash, or an append in progress) is
+// skipped and reported in Torn. A corrupt line anywhere else is a
+// [*CorruptError]. A missing file gives an error wrapping fs.ErrNotExist.
+func ReadFile(path string) (ReadResult, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return ReadResult{}, fmt.Errorf("dlq: read dead-letter file %s: file does not exist: %w", path, err)
+		}
+		return ReadResult{}, fmt.Errorf("dlq: read dead-letter file: %w", err)
+	}
+	defer fh.Close()
+	recs, torn, err := readLog(context.Background(), fh, path, MaxLineSize)
+	if err != nil {
+		return ReadResult{}, err
+	}
+	return ReadResult{Records: recs, Torn: torn}, nil
+}
+
+// liveSet applies records and tombstones in file order.
+type liveSet struct {
+	recs []Record       // in first-written order; deleted slots have ID ""
+	idx  map[string]int // live ID -> index in recs
+	dead int
+}
+
+func (s *liveSet) put(rec Record) {
+	if i, ok := s.idx[rec.ID]; ok {
+		s.recs[i] = rec
+		return
+	}
+	s.idx[rec.ID] = len(s.recs)
+	s.recs = append(s.recs, rec)
+}
+
+func (s *liveSet) remove(id string) {
+	if i, ok := s.idx[id]; ok {
+		s.recs[i] = Record{}
+		delete(s.idx, id)
+		s.dead++
+	}
+}
+
+func (s *liveSet) live() []Record {
+	out := make([]Record, 0, len(s.recs)-s.dead)
+	for _, r := range s.recs {
+		if r.ID != "" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// readLog reads a dead-letter log from r: it parses every complete line,
+// applies tombstones and returns the live records and the torn tail (an
+// unterminated last line), if any. path is used in errors only.
+func readLog(ctx context.Context, r io.Reader, path string, maxLine int) ([]Record, *TornTail, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	set := liveSet{idx: make(map[string]int)}
+	var (
+		offset int64 // offset of the current line
+		lineNo int   // 1-based number of the current line
+		long   []byte
+	)
+	for {
+		lineNo++
+		if lineNo%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, nil, err
+			}
+		}
+		line, n, err := readLine(br, maxLine, &long)
+		if err == io.EOF {
+			if n == 0 {
+				return set.live(), nil, nil
+			}
+			return set.live(), &TornTail{Offset: offset, Bytes: n, Line: lineNo}, nil
+		}
+		if err != nil {
+			var ce *CorruptError
+			if errors.As(err, &ce) {
+				ce.Path, ce.Line, ce.Offset = path, lineNo, offset
+				return nil, nil, ce
+			}
+			return nil, nil, fmt.Errorf("dlq: read %s: %w", path, err)
+		}
+		rec, op, perr := parseLine(line)
+		if perr != nil {
+			return nil, nil, &CorruptError{Path: path, Line: lineNo, Offset: offset, Err: perr}
+		}
+		if op == opDelete {
+			set.remove(rec.ID)
+		} else {
+			set.put(rec)
+		}
+		offset += n
+	}
+}
+
+// readLine returns the next line without its newline and the number of
+// bytes consumed including the newline. At the end of input it returns
+// io.EOF and the length of the unterminated rest (0 if none). A line
+// longer than maxLine gives a *CorruptError (without position); its
+// contents are not kept in memory. long is scratch space reused between
+// calls for lines longer than the reader's buffer.
+func readLine(br *bufio.Reader, maxLine int, long *[]byte) ([]byte, int64, error) {
+	*long = (*long)[:0]
+	var (
+		n       int64
+		tooLong bool
+	)
+	for {
+		chunk, err := br.ReadSlice('\n')
+		n += int64(len(chunk))
+		switch err {
+		case nil:
+			if tooLong || n-1 > int64(maxLine) {
+				return nil, n, &CorruptError{Err: fmt.Errorf("line is longer than the %d byte limit", maxLine)}
+			}
+			if len(*long) == 0 {
+				return chunk[:len(chunk)-1], n, nil
+			}
+			*long = append(*long, chunk[:len(chunk)-1]...)
+			return *long, n, nil
+		case bufio.ErrBufferFull:
+			if !tooLong && n > int64(maxLine) {
+				tooLong = true
+				*long = (*long)[:0]
+			}
+			if !tooLong {
+				*long = append(*long, chunk...)
+			}
+		case io.EOF:
+			return nil, n, io.EOF
+		default:
+			return nil, n, err
+		}
+	}
+}

@@ -1,0 +1,568 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sourcegraph/conc/panics"
+
+	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/internal/core"
+	"github.com/sluicehq/sluice/retry"
+	"github.com/sluicehq/sluice/stage"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Errors returned by pipelines and sources.
+var (
+	// ErrQueueFull: the Reject overflow policy refused an item because the first stage's input
+	// was full. The item is counted as rejected; the caller still owns it.
+	ErrQueueFull = errors.New("pipeline: queue full")
+	// ErrDraining: the run stopped taking input (its context ended, or it failed).
+	ErrDraining = errors.New("pipeline: the run is draining and takes no more input")
+	// ErrClosed: Submit after Close, or after the run ended.
+	ErrClosed = errors.New("pipeline: source closed")
+	// ErrNilContext: a nil context was passed.
+	ErrNilContext = errors.New("pipeline: nil context")
+	// ErrDrainTimeout is the cause of the work context's end when the drain timeout passed.
+	ErrDrainTimeout = errors.New("pipeline: drain timeout passed")
+	// ErrReplayInProgress: a replay was started while another one of the same pipeline runs.
+	ErrReplayInProgress = errors.New("pipeline: a replay is already running")
+)
+
+// DeadLetterError is the error of a run stopped because a dead letter could not be written,
+// neither to the dead-letter sink (after retries) nor to the fallback sink. It names the item.
+type DeadLetterError struct {
+	CorrelationID string
+	Stage         string
+	RecordID      string
+	Reason        dlq.Reason
+	Err           error
+}
+
+// Error implements error.
+func (e *DeadLetterError) Error() string {
+	return fmt.Sprintf("pipeline: could not dead-letter item %s of stage %q (reason %s, record %s): %v",
+		e.CorrelationID, e.Stage, e.Reason, e.RecordID, e.Err)
+}
+
+// Unwrap returns the sink's error.
+func (e *DeadLetterError) Unwrap() error { return e.Err }
+
+// Overflow is what ingress does when the first stage's input is full.
+type Overflow uint8
+
+// The overflow policies at ingress.
+const (
+	// Block waits for room (the default): backpressure reaches the producer.
+	Block Overflow = iota
+	// Reject fails the item at once with ErrQueueFull; it is counted as rejected.
+	Reject
+)
+
+// Defaults of a pipeline built without options.
+const (
+	DefaultDrainTimeout = 10 * time.Second
+)
+
+type options struct {
+	sink         dlq.Sink
+	ownSink      bool
+	fallback     dlq.Sink
+	dlqPolicy    retry.Policy
+	drainTimeout time.Duration
+	logger       *slog.Logger
+	overflow     Overflow
+	onDeadLetter func(dlq.Record)
+	errs         []error
+}
+
+// Option configures a pipeline.
+type Option func(*options)
+
+// WithDLQ sets the dead-letter sink. Without one, dead letters are kept in memory, where
+// DeadLetters finds them: fine for tests, not durable.
+func WithDLQ(sink dlq.Sink) Option {
+	return func(o *options) {
+		if sink == nil {
+			o.errs = append(o.errs, errors.New("WithDLQ: the sink is nil"))
+			return
+		}
+		o.sink, o.ownSink = sink, false
+	}
+}
+
+// WithDLQFile opens (or creates) a JSON Lines dead-letter file at path when the pipeline is
+// built; Close closes it.
+func WithDLQFile(path string) Option {
+	return func(o *options) {
+		f, err := dlq.OpenFile(path)
+		if err != nil {
+			o.errs = append(o.errs, fmt.Errorf("WithDLQFile: %w", err))
+			return
+		}
+		o.sink, o.ownSink = f, true
+	}
+}
+
+// WithFallback sets a sink tried when the dead-letter sink fails after its retries.
+func WithFallback(sink dlq.Sink) Option {
+	return func(o *options) {
+		if sink == nil {
+			o.errs = append(o.errs, errors.New("WithFallback: the sink is nil"))
+			return
+		}
+		o.fallback = sink
+	}
+}
+
+// WithDLQRetry sets the retry policy of dead-letter writes (default: 3 attempts from 50ms).
+func WithDLQRetry(p retry.Policy) Option {
+	return func(o *options) {
+		if err := p.Validate(); err != nil {
+			o.errs = append(o.errs, fmt.Errorf("WithDLQRetry: %w", err))
+			return
+		}
+		o.dlqPolicy = p
+	}
+}
+
+// WithDrainTimeout sets how long in-flight items get to finish once the run's context ends
+// (default 10s). Then their calls are cancelled and they are parked.
+func WithDrainTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d < 0 {
+			o.errs = append(o.errs, fmt.Errorf("WithDrainTimeout(%v): cannot be negative", d))
+			return
+		}
+		o.drainTimeout = d
+	}
+}
+
+// WithLogger sets the logger of retries, dead letters and drain events (default: silent).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l == nil {
+			o.errs = append(o.errs, errors.New("WithLogger: the logger is nil"))
+			return
+		}
+		o.logger = l
+	}
+}
+
+// WithOverflow sets the overflow policy at ingress (default Block).
+func WithOverflow(p Overflow) Option {
+	return func(o *options) {
+		if p > Reject {
+			o.errs = append(o.errs, fmt.Errorf("WithOverflow(%d): unknown policy; use Block or Reject", p))
+			return
+		}
+		o.overflow = p
+	}
+}
+
+// OnDeadLetter sets a hook called after each dead letter is durably written.
+func OnDeadLetter(fn func(dlq.Record)) Option {
+	return func(o *options) { o.onDeadLetter = fn }
+}
+
+// Pipeline is a built pipeline whose input is In. It holds no running state: each Run is
+// independent, and runs may overlap.
+type Pipeline[In any] struct {
+	name      string
+	steps     []step
+	opts      options
+	replaying atomic.Bool
+}
+
+// New builds a pipeline from a flow. It checks every stage and option, and refuses a bad
+// configuration with an error that says what to change.
+func New[In, Out any](name string, f *Flow[In, Out], opts ...Option) (*Pipeline[In], error) {
+	o := options{
+		dlqPolicy:    retry.Policy{MaxAttempts: 3, InitialInterval: 50 * time.Millisecond, MaxInterval: time.Second},
+		drainTimeout: DefaultDrainTimeout,
+		logger:       slog.New(slog.DiscardHandler),
+	}
+	for _, opt := range opts {
+		if opt == nil {
+			o.errs = append(o.errs, errors.New("nil option"))
+			continue
+		}
+		opt(&o)
+	}
+	errs := o.errs
+	if name == "" {
+		errs = append(errs, errors.New("the pipeline has no name; name it (it is written into dead letters)"))
+	}
+	if f == nil {
+		errs = append(errs, errors.New("the flow is nil; start one with Input"))
+	} else {
+		errs = append(errs, f.errs...)
+		if len(f.steps) == 0 {
+			errs = append(errs, errors.New("the flow has no stage; add one with Then"))
+		}
+		seen := map[string]bool{}
+		for _, s := range f.steps {
+			if s.name != "" && seen[s.name] {
+				errs = append(errs, fmt.Errorf("two stages are named %q; stage names must be unique (dead letters are replayed by name)", s.name))
+			}
+			seen[s.name] = true
+		}
+	}
+	if len(errs) > 0 {
+		if o.ownSink {
+			_ = o.sink.Close()
+		}
+		return nil, fmt.Errorf("pipeline %q: %w", name, errors.Join(errs...))
+	}
+	if o.sink == nil {
+		o.sink = dlq.NewMemory()
+	}
+	return &Pipeline[In]{name: name, steps: f.steps, opts: o}, nil
+}
+
+// Name returns the pipeline's name.
+func (p *Pipeline[In]) Name() string { return p.name }
+
+// DLQ returns the pipeline's dead-letter sink.
+func (p *Pipeline[In]) DLQ() dlq.Sink { return p.opts.sink }
+
+// Close closes the dead-letter file the pipeline opened (WithDLQFile). Sinks passed with
+// WithDLQ belong to the caller.
+func (p *Pipeline[In]) Close() error {
+	if p.opts.ownSink {
+		return p.opts.sink.Close()
+	}
+	return nil
+}
+
+// Report is the account of a run. Counts are in source units: an item from the source is one
+// unit; the outputs of a flat-map are one unit each (Spawned counts how many more units a
+// flat-map made than it took, which makes Ingested); a batch's output carries the units of the
+// items in it. Conservation: Ingested = Delivered + Filtered + DeadLettered + Rejected +
+// Returned + Stranded, and Returned and Stranded are zero unless a drain handed items back to
+// an acknowledging source or the run failed.
+type Report struct {
+	Pipeline string `json:"pipeline"`
+	// Ingested counts every unit that entered: admitted from the source, rejected at ingress,
+	// and Spawned.
+	Ingested int64 `json:"ingested"`
+	// Admitted counts the items the source handed over and the pipeline took.
+	Admitted int64 `json:"admitted"`
+	// Spawned is the net number of units flat-maps added (outputs minus inputs expanded).
+	Spawned      int64 `json:"spawned"`
+	Delivered    int64 `json:"delivered"`
+	Filtered     int64 `json:"filtered"`
+	DeadLettered int64 `json:"dead_lettered"`
+	Rejected     int64 `json:"rejected"`
+	// Returned counts units handed back unacknowledged (NotDone) to a source that redelivers.
+	Returned int64 `json:"returned"`
+	// Stranded counts units left without a terminal state because the run failed.
+	Stranded int64 `json:"stranded"`
+	// Abandoned counts calls that ignored their cancelled context; their goroutines may
+	// outlive the run.
+	Abandoned int64 `json:"abandoned"`
+	// InFlight counts units not yet in a terminal state (zero once the run is over).
+	InFlight int64 `json:"in_flight"`
+
+	Stages   []stage.Stats `json:"stages"`
+	Started  time.Time     `json:"started"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Balanced reports whether the report's counts add up.
+func (r Report) Balanced() bool {
+	return r.Ingested == r.Delivered+r.Filtered+r.DeadLettered+r.Rejected+r.Returned+r.Stranded+r.InFlight
+}
+
+// Job is one run of a pipeline in progress.
+type Job struct {
+	name    string
+	started time.Time
+	totals  *core.Counters
+	nodes   []node
+	done    chan struct{}
+	report  Report
+	err     error
+}
+
+// Stats returns a snapshot of the run's counts while it runs (the Report once it is over).
+func (j *Job) Stats() Report {
+	select {
+	case <-j.done:
+		return j.report
+	default:
+	}
+	return j.snapshot()
+}
+
+func (j *Job) snapshot() Report {
+	t := j.totals
+	r := Report{
+		Pipeline:     j.name,
+		Admitted:     t.Admitted.Load(),
+		Spawned:      t.Spawned.Load(),
+		Delivered:    t.Delivered.Load(),
+		Filtered:     t.Filtered.Load(),
+		DeadLettered: t.DeadLettered.Load(),
+		Rejected:     t.Rejected.Load(),
+		Returned:     t.Returned.Load(),
+		Stranded:     t.Stranded.Load(),
+		Abandoned:    t.Abandoned.Load(),
+		Started:      j.started,
+		Duration:     time.Since(j.started),
+	}
+	r.Ingested = r.Admitted + r.Rejected + r.Spawned
+	r.InFlight = r.Ingested - (r.Delivered + r.Filtered + r.DeadLettered + r.Rejected + r.Returned + r.Stranded)
+	for _, n := range j.nodes {
+		r.Stages = append(r.Stages, n.Stats())
+	}
+	return r
+}
+
+// Done is closed when the run is over.
+func (j *Job) Done() <-chan struct{} { return j.done }
+
+// Wait waits for the run to end and returns its Report, and an error only when the pipeline
+// itself failed (a dead letter could not be written, or the source failed).
+func (j *Job) Wait() (Report, error) {
+	<-j.done
+	return j.report, j.err
+}
+
+// Run runs the pipeline on src until the source ends (or ctx ends and the drain completes),
+// and returns the Report. The error is non-nil only when the pipeline itself failed.
+func (p *Pipeline[In]) Run(ctx context.Context, src Source[In]) (Report, error) {
+	j, err := p.Start(ctx, src)
+	if err != nil {
+		return Report{}, err
+	}
+	return j.Wait()
+}
+
+// Start starts a run on src and returns at once. Cancelling ctx starts the drain: ingress stops,
+// in-flight items get the drain timeout to finish, then the rest are parked.
+func (p *Pipeline[In]) Start(ctx context.Context, src Source[In]) (*Job, error) {
+	if ctx == nil {
+		return nil, ErrNilContext
+	}
+	if src == nil {
+		return nil, errors.New("pipeline: the source is nil")
+	}
+	r := p.newRun(ctx)
+	first := r.nodes[0].input().(*core.Queue[In])
+	first.AddProducers(1)
+	r.start(func(srcCtx context.Context) error {
+		defer first.ProducerDone()
+		admit := func(it Item[In]) error { return r.admit(srcCtx, first, it) }
+		var err error
+		var c panics.Catcher
+		c.Try(func() { err = src.Emit(srcCtx, admit) })
+		if rec := c.Recovered(); rec != nil {
+			err = fmt.Errorf("source panicked: %v\n%s", rec.Value, rec.Stack)
+		}
+		return err
+	})
+	return r.job, nil
+}
+
+// run is the shared machinery of Run and Replay.
+type run[In any] struct {
+	p          *Pipeline[In]
+	ctx        context.Context
+	env        *core.Env
+	work       context.Context
+	cancelWork context.CancelCauseFunc
+	nodes      []node
+	job        *Job
+
+	failOnce sync.Once
+	failed   atomic.Bool
+	failErr  error
+}
+
+func (p *Pipeline[In]) newRun(ctx context.Context) *run[In] {
+	r := &run[In]{p: p, ctx: ctx}
+	r.work, r.cancelWork = context.WithCancelCause(context.WithoutCancel(ctx))
+	var prefix [4]byte
+	_, _ = rand.Read(prefix[:])
+	r.env = &core.Env{
+		Pipeline:   p.name,
+		Prefix:     hex.EncodeToString(prefix[:]) + "-",
+		Work:       r.work,
+		Totals:     &core.Counters{},
+		Logger:     p.opts.logger,
+		DeadLetter: r.writeDeadLetter,
+		Fail:       r.fail,
+		Failed:     r.failed.Load,
+		Seq:        &atomic.Uint64{},
+	}
+	r.nodes = make([]node, len(p.steps))
+	var next any
+	for i := len(p.steps) - 1; i >= 0; i-- {
+		r.nodes[i] = p.steps[i].bind(r.env, next)
+		next = r.nodes[i].input()
+	}
+	r.job = &Job{name: p.name, started: time.Now(), totals: r.env.Totals, nodes: r.nodes, done: make(chan struct{})}
+	return r
+}
+
+// start starts the stages and the feeder, and finishes the job when every stage is done.
+func (r *run[In]) start(feed func(ctx context.Context) error) {
+	for i := len(r.nodes) - 1; i >= 0; i-- {
+		r.nodes[i].Start()
+	}
+	srcCtx, cancelSrc := context.WithCancelCause(r.ctx)
+	stopSrc := context.AfterFunc(r.work, func() { cancelSrc(context.Cause(r.work)) })
+
+	var drainMu sync.Mutex
+	var drainTimer *time.Timer
+	stopDrain := context.AfterFunc(r.ctx, func() {
+		r.p.opts.logger.Info("sluice: draining", slog.String("pipeline", r.p.name),
+			slog.Duration("drain_timeout", r.p.opts.drainTimeout))
+		drainMu.Lock()
+		drainTimer = time.AfterFunc(r.p.opts.drainTimeout, func() { r.cancelWork(ErrDrainTimeout) })
+		drainMu.Unlock()
+	})
+
+	feedDone := make(chan error, 1)
+	go func() { feedDone <- feed(srcCtx) }()
+
+	go func() {
+		feedErr := <-feedDone
+		for _, n := range r.nodes {
+			<-n.Done()
+		}
+		stopDrain()
+		drainMu.Lock()
+		if drainTimer != nil {
+			drainTimer.Stop()
+		}
+		drainMu.Unlock()
+		stopSrc()
+		cancelSrc(nil)
+		r.cancelWork(nil)
+		j := r.job
+		j.report = j.snapshot()
+		switch {
+		case r.failed.Load():
+			j.err = r.failErr
+		case feedErr != nil:
+			j.err = fmt.Errorf("pipeline %q: source failed: %w", r.p.name, feedErr)
+		}
+		close(j.done)
+	}()
+}
+
+// admit is the Admit of a run's source.
+func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) error {
+	if err := srcCtx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
+	}
+	t := r.env.Totals
+	e := core.Envelope[In]{V: it.Value, M: core.Meta{
+		Key: it.Key, Source: it.Source, Index: it.Index, Headers: it.Headers, Weight: 1, Ingress: time.Now().UnixNano(),
+	}}
+	if e.M.Key == "" {
+		e.M.Seq = r.env.Seq.Add(1)
+	}
+	var itemDone <-chan struct{}
+	if it.Context != nil {
+		e.M.Span = trace.SpanContextFromContext(it.Context)
+		itemDone = it.Context.Done()
+	}
+	e.M.Tracker = core.NewRoot(it.Ack)
+	t.Admitted.Add(1)
+	if r.p.opts.overflow == Reject {
+		select {
+		case q.C <- e:
+			return nil
+		default:
+			t.Admitted.Add(-1)
+			t.Rejected.Add(1)
+			return ErrQueueFull
+		}
+	}
+	select {
+	case q.C <- e:
+		return nil
+	default:
+	}
+	select {
+	case q.C <- e:
+		return nil
+	case <-srcCtx.Done():
+		t.Admitted.Add(-1)
+		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
+	case <-itemDone:
+		t.Admitted.Add(-1)
+		return it.Context.Err()
+	}
+}
+
+func (r *run[In]) fail(err error) {
+	r.failOnce.Do(func() {
+		r.failErr = err
+		r.failed.Store(true)
+		r.p.opts.logger.Error("sluice: run failed", slog.String("pipeline", r.p.name), slog.String("error", err.Error()))
+		r.cancelWork(err)
+	})
+}
+
+// writeDeadLetter writes a record durably: to the sink with retries, then to the fallback sink.
+func (r *run[In]) writeDeadLetter(rec dlq.Record) error {
+	ctx := context.WithoutCancel(r.ctx)
+	err := writeWithRetry(ctx, r.p.opts.sink, rec, r.p.opts.dlqPolicy)
+	if err != nil && r.p.opts.fallback != nil {
+		r.p.opts.logger.Warn("sluice: dead-letter sink failed, using the fallback",
+			slog.String("correlation_id", rec.CorrelationID), slog.String("stage", rec.Stage), slog.String("error", err.Error()))
+		if ferr := writeWithRetry(ctx, r.p.opts.fallback, rec, r.p.opts.dlqPolicy); ferr != nil {
+			err = errors.Join(err, fmt.Errorf("fallback: %w", ferr))
+		} else {
+			err = nil
+		}
+	}
+	if err != nil {
+		return &DeadLetterError{CorrelationID: rec.CorrelationID, Stage: rec.Stage, RecordID: rec.ID, Reason: rec.Reason, Err: err}
+	}
+	if h := r.p.opts.onDeadLetter; h != nil {
+		h(rec)
+	}
+	return nil
+}
+
+func writeWithRetry(ctx context.Context, sink dlq.Sink, rec dlq.Record, p retry.Policy) error {
+	sched := p.Start()
+	for {
+		err := sink.Write(ctx, rec)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, dlq.ErrClosed) {
+			return err
+		}
+		d, stop := sched.Next(err)
+		if stop != retry.NoStop {
+			return err
+		}
+		t := time.NewTimer(d)
+		<-t.C
+	}
+}
+
+// DeadLetters returns the dead letters kept in memory by a pipeline built without WithDLQ (or
+// with a dlq.Store), or an error if its sink cannot be listed.
+func (p *Pipeline[In]) DeadLetters(ctx context.Context) ([]dlq.Record, error) {
+	st, ok := p.opts.sink.(dlq.Store)
+	if !ok {
+		return nil, fmt.Errorf("pipeline: the dead-letter sink %T cannot list its records", p.opts.sink)
+	}
+	return st.Records(ctx)
+}

@@ -1,0 +1,183 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/internal/core"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// ReplayOptions selects and paces the records a replay re-injects.
+type ReplayOptions struct {
+	// Filter selects records. Its Pipeline field defaults to the pipeline's name, so records
+	// of other pipelines sharing the store are left alone.
+	Filter dlq.Filter
+	// Into names the stage to inject into instead of the stage that failed each record.
+	Into string
+	// DryRun lists what would be replayed and what would be skipped, and changes nothing.
+	DryRun bool
+	// Rate limits injections per second (0: no limit).
+	Rate float64
+}
+
+// Skipped is a selected record a replay leaves in the store, and why.
+type Skipped struct {
+	ID    string
+	Stage string
+	Err   error
+}
+
+// ReplayReport is the account of a replay.
+type ReplayReport struct {
+	Report
+	// Selected counts the records the filter selected.
+	Selected int
+	// Injected lists the IDs of the records re-injected (in a dry run: that would be).
+	Injected []string
+	// Completed counts injected records removed from the store: their item was delivered,
+	// filtered, or durably dead-lettered again (as a new record with Replays incremented).
+	Completed int
+	// Skipped lists selected records left in the store: an unknown stage, or a payload that
+	// does not decode as the stage's input.
+	Skipped []Skipped
+}
+
+// Replay re-injects dead letters from store into the stage that failed each of them (or
+// opts.Into) and runs the pipeline from there. A record leaves the store only after its item
+// succeeded or was durably dead-lettered again, so a replay stopped at any point loses
+// nothing; at worst, a record is replayed twice. One replay of a pipeline runs at a time.
+func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayOptions) (ReplayReport, error) {
+	var rr ReplayReport
+	if ctx == nil {
+		return rr, ErrNilContext
+	}
+	if store == nil {
+		return rr, errors.New("pipeline: Replay: the store is nil")
+	}
+	if opts.Rate < 0 {
+		return rr, fmt.Errorf("pipeline: Replay: Rate %v cannot be negative; use 0 for no limit", opts.Rate)
+	}
+	if !p.replaying.CompareAndSwap(false, true) {
+		return rr, ErrReplayInProgress
+	}
+	defer p.replaying.Store(false)
+
+	recs, err := store.Records(ctx)
+	if err != nil {
+		return rr, fmt.Errorf("pipeline: Replay: reading the dead letters: %w", err)
+	}
+	if opts.Filter.Pipeline == "" {
+		opts.Filter.Pipeline = p.name
+	}
+	r := p.newRun(ctx)
+	byName := map[string]node{}
+	for _, n := range r.nodes {
+		byName[n.Name()] = n
+	}
+	type job struct {
+		rec  dlq.Record
+		node node
+	}
+	var jobs []job
+	for _, rec := range recs {
+		if !opts.Filter.Matches(rec) {
+			continue
+		}
+		rr.Selected++
+		name := rec.Stage
+		if opts.Into != "" {
+			name = opts.Into
+		}
+		n, ok := byName[name]
+		if !ok {
+			rr.Skipped = append(rr.Skipped, Skipped{ID: rec.ID, Stage: name, Err: fmt.Errorf("pipeline %q has no stage %q", p.name, name)})
+			continue
+		}
+		if err := n.Check(&rec); err != nil {
+			rr.Skipped = append(rr.Skipped, Skipped{ID: rec.ID, Stage: name, Err: err})
+			continue
+		}
+		jobs = append(jobs, job{rec, n})
+		rr.Injected = append(rr.Injected, rec.ID)
+	}
+	if opts.DryRun {
+		r.cancelWork(nil)
+		return rr, nil
+	}
+	var limiter *rate.Limiter
+	if opts.Rate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(opts.Rate), 1)
+	}
+	var mu sync.Mutex
+	completed := 0
+	for _, n := range r.nodes {
+		n.AddProducers(1)
+	}
+	r.start(func(srcCtx context.Context) error {
+		defer func() {
+			for _, n := range r.nodes {
+				n.ProducerDone()
+			}
+		}()
+		for _, jb := range jobs {
+			if limiter != nil {
+				if err := limiter.Wait(srcCtx); err != nil {
+					return nil
+				}
+			}
+			rec := jb.rec
+			ack := func(o Outcome) {
+				if o == NotDone {
+					return // the record stays for a later replay
+				}
+				if err := store.Delete(context.WithoutCancel(ctx), rec.ID); err != nil {
+					r.fail(fmt.Errorf("pipeline: replay: removing record %s (item %s) from the store: %w", rec.ID, rec.CorrelationID, err))
+					return
+				}
+				mu.Lock()
+				completed++
+				mu.Unlock()
+			}
+			meta := core.Meta{
+				Key: rec.CorrelationID, Source: rec.Source, Headers: rec.Headers, Weight: 1,
+				Replays: int32(rec.Replays + 1), Ingress: time.Now().UnixNano(),
+				Tracker: core.NewRoot(ack),
+			}
+			if sc, ok := spanContextOf(rec); ok {
+				meta.Span = sc
+			}
+			if meta.Key == "" {
+				meta.Seq = r.env.Seq.Add(1)
+			}
+			r.env.Totals.Admitted.Add(1)
+			if err := jb.node.Inject(srcCtx, &rec, meta); err != nil {
+				r.env.Totals.Admitted.Add(-1)
+				return nil
+			}
+		}
+		return nil
+	})
+	rep, err := r.job.Wait()
+	rr.Report = rep
+	mu.Lock()
+	rr.Completed = completed
+	mu.Unlock()
+	return rr, err
+}
+
+// spanContextOf returns the trace context of the failure a record describes.
+func spanContextOf(rec dlq.Record) (trace.SpanContext, bool) {
+	tid, err1 := trace.TraceIDFromHex(rec.TraceID)
+	sid, err2 := trace.SpanIDFromHex(rec.SpanID)
+	if err1 != nil || err2 != nil {
+		return trace.SpanContext{}, false
+	}
+	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled, Remote: true}), true
+}

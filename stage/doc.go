@@ -1,0 +1,28 @@
+// Package stage defines the stages of a Sluice pipeline and runs them.
+//
+// A stage is a name, a function of your own types, a pool of workers, a bounded input, a retry
+// policy, a per-attempt timeout and a codec for dead-letter payloads. The kinds:
+//
+//	Map      one input, one output              stage.Map("parse", fn)
+//	Filter   one input, zero or one output      stage.Filter("valid", fn)
+//	FlatMap  one input, any number of outputs   stage.FlatMap("rows", fn)
+//	Batch    up to N inputs, one output         stage.Batch("upload", 500, time.Second, fn)
+//	Sink     one input, no output               stage.Sink("store", fn)
+//
+// Defaults of a stage built without options: runtime.GOMAXPROCS(0) workers; an input capacity
+// of twice the workers; no per-attempt timeout; the default retry policy (retry.Policy{}: three
+// attempts, exponential backoff from 100ms with jitter); a grace period of 1s for calls that
+// ignore cancellation; JSON as the payload codec.
+//
+// Every call gets a context that carries the stage's per-attempt timeout and tells the function
+// its attempt number and maximum (Attempt) and the item's correlation ID (CorrelationID). The
+// order of failure handling is fixed: attempt, retry per the policy, then dead letter. A panic
+// fails the attempt (reason panic, stack kept); an error wrapped with retry.Permanent is not
+// retried; an error carrying a delay (retry.After) is retried after that delay; an attempt that
+// outlives its timeout fails with reason timeout, and if the function ignores its cancelled
+// context for longer than the grace period its worker is replaced, so the pool keeps its size.
+// When the pipeline drains, calls are cancelled, never retried, and their items parked.
+//
+// Stages are definitions: they hold no running state, so one stage value may serve several
+// pipelines and runs. Package pipeline chains them and runs them.
+package stage
