@@ -882,3 +882,25 @@ func TestDrainReturnsItemsToAnAcknowledgingSource(t *testing.T) {
 		requireBalanced(t, report)
 	})
 }
+
+// Each stage reports how long items waited in its input and how long the work took, so a
+// slow stage shows as work and the stages behind it as waiting.
+func TestQueueWaitAndWorkLatency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		slow := stage.Map("slow", func(_ context.Context, n int) (int, error) {
+			time.Sleep(10 * time.Millisecond)
+			return n, nil
+		}, stage.Workers(1), stage.Capacity(10))
+		p, err := pipeline.New("lat", pipeline.Then(pipeline.Input[int](), slow))
+		require.NoError(t, err)
+		report, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3, 4}))
+		require.NoError(t, err)
+		s := report.Stages[0]
+		assert.EqualValues(t, 4, s.Work.Count)
+		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Work.P50), 0.07)
+		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Work.P99), 0.07)
+		assert.EqualValues(t, 4, s.Wait.Count)
+		assert.InEpsilon(t, float64(30*time.Millisecond), float64(s.Wait.Max), 0.07, "the 4th item waited for 3 others")
+		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Wait.P50), 0.07)
+	})
+}

@@ -467,8 +467,9 @@ func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) 
 		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
 	}
 	t := r.env.Totals
+	now := time.Now().UnixNano()
 	e := core.Envelope[In]{V: it.Value, M: core.Meta{
-		Key: it.Key, Source: it.Source, Index: it.Index, Headers: it.Headers, Weight: 1, Ingress: time.Now().UnixNano(),
+		Key: it.Key, Source: it.Source, Index: it.Index, Headers: it.Headers, Weight: 1, Ingress: now, Enqueued: now,
 	}}
 	if e.M.Key == "" {
 		e.M.Seq = r.env.Seq.Add(1)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicehq/sluice/dlq"
 	"github.com/sluicehq/sluice/internal/core"
+	"github.com/sluicehq/sluice/internal/hist"
 	"github.com/sluicehq/sluice/retry"
 )
 
@@ -70,25 +71,39 @@ func (e *TimeoutError) Unwrap() error { return e.Err }
 // Stats are the counters of one stage. Item counts are envelopes (a batch output is one);
 // the pipeline's Report also gives totals in source units.
 type Stats struct {
-	Name     string
-	Kind     Kind
-	Workers  int // size of the pool
-	Busy     int // workers in an attempt now
-	Capacity int // capacity of the input
-	Queued   int // items in the input now
+	Name     string `json:"name"`
+	Kind     Kind   `json:"kind"`
+	Workers  int    `json:"workers"`  // size of the pool
+	Busy     int    `json:"busy"`     // workers in an attempt now
+	Capacity int    `json:"capacity"` // capacity of the input
+	Queued   int    `json:"queued"`   // items in the input now
 
-	In           int64 // items that reached the stage (queued, or parked on its behalf)
-	Out          int64 // items it passed on (a flat-map's outputs, a batch's batches)
-	Succeeded    int64 // inputs whose call succeeded and that were passed on (or delivered)
-	Filtered     int64 // inputs dropped on purpose
-	Attempts     int64 // calls made
-	Retries      int64 // calls that were retries
-	DeadLettered int64 // inputs durably dead-lettered, all reasons
-	Returned     int64 // inputs handed back unacknowledged to their source by a drain
-	Stranded     int64 // inputs left without a terminal state because the run failed
-	Abandoned    int64 // workers given up on because their call ignored cancellation
+	In           int64 `json:"in"`            // items that reached the stage (queued, or parked on its behalf)
+	Out          int64 `json:"out"`           // items it passed on (a flat-map's outputs, a batch's batches)
+	Succeeded    int64 `json:"succeeded"`     // inputs whose call succeeded and that were passed on (or delivered)
+	Filtered     int64 `json:"filtered"`      // inputs dropped on purpose
+	Attempts     int64 `json:"attempts"`      // calls made
+	Retries      int64 `json:"retries"`       // calls that were retries
+	DeadLettered int64 `json:"dead_lettered"` // inputs durably dead-lettered, all reasons
+	Returned     int64 `json:"returned"`      // inputs handed back unacknowledged to their source by a drain
+	Stranded     int64 `json:"stranded"`      // inputs left without a terminal state because the run failed
+	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation
 
-	DeadLetters map[dlq.Reason]int64 // dead letters by reason
+	DeadLetters map[dlq.Reason]int64 `json:"dead_letters"` // dead letters by reason
+
+	// Wait is how long items waited in the stage's input before a worker took them; Work is
+	// how long a worker spent on them, retries and backoff included.
+	Wait Latency `json:"wait"`
+	Work Latency `json:"work"`
+}
+
+// Latency summarises a distribution of durations (quantiles to within about 7%).
+type Latency struct {
+	Count int64         `json:"count"`
+	P50   time.Duration `json:"p50_ns"`
+	P95   time.Duration `json:"p95_ns"`
+	P99   time.Duration `json:"p99_ns"`
+	Max   time.Duration `json:"max_ns"`
 }
 
 var reasons = [...]dlq.Reason{dlq.ReasonError, dlq.ReasonPermanent, dlq.ReasonTimeout, dlq.ReasonPanic,
@@ -123,6 +138,7 @@ type Runner[In, Out any] struct {
 	done    chan struct{}
 	mu      sync.Mutex
 	workers []*worker[In, Out]
+	retired []*worker[In, Out] // abandoned workers, kept for their latency histograms
 	stats   counters
 }
 
@@ -229,14 +245,26 @@ func (r *Runner[In, Out]) Stats() Stats {
 			st.DeadLettered += n
 		}
 	}
+	var wait, work hist.Snapshot
 	r.mu.Lock()
 	for _, w := range r.workers {
 		if w.state.Load()&stateMask == stRunning {
 			st.Busy++
 		}
+		wait.Add(&w.waitH)
+		work.Add(&w.workH)
+	}
+	for _, w := range r.retired {
+		wait.Add(&w.waitH)
+		work.Add(&w.workH)
 	}
 	r.mu.Unlock()
+	st.Wait, st.Work = latency(&wait), latency(&work)
 	return st
+}
+
+func latency(s *hist.Snapshot) Latency {
+	return Latency{Count: s.Count(), P50: s.Quantile(0.5), P95: s.Quantile(0.95), P99: s.Quantile(0.99), Max: s.Max()}
 }
 
 // Decode turns a dead-letter record's payload back into the stage's input.
@@ -269,6 +297,7 @@ func (r *Runner[In, Out]) Inject(ctx context.Context, rec *dlq.Record, meta core
 	if err != nil {
 		return err
 	}
+	meta.Enqueued = time.Now().UnixNano()
 	select {
 	case r.in.C <- core.Envelope[In]{V: v, M: meta}:
 		return nil
@@ -293,6 +322,8 @@ type worker[In, Out any] struct {
 	startNs atomic.Int64
 	gen     uint64
 	watch   *time.Timer
+	waitH   hist.Hist
+	workH   hist.Hist
 
 	// The item or batch in an attempt, for the goroutine that abandons the worker. Written
 	// before the attempt starts (published by the state store), read after a winning CAS.
@@ -331,9 +362,12 @@ func (w *worker[In, Out]) run() {
 	}
 	for e := range r.in.C {
 		r.stats.in.Add(1)
-		if !w.handle(e) {
+		now := time.Now()
+		w.waitH.Record(time.Duration(now.UnixNano() - e.M.Enqueued))
+		if !w.handle(e, now) {
 			return // abandoned: the abandoner took over this worker's duties
 		}
+		w.workH.Record(time.Since(now))
 	}
 	r.exit()
 }
@@ -404,6 +438,7 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 			r.workers[i] = nw
 		}
 	}
+	r.retired = append(r.retired, w)
 	r.mu.Unlock()
 	go nw.run()
 }
@@ -427,9 +462,8 @@ type failure struct {
 
 // attempts runs call under the stage's policy: per-attempt timeout, panic capture, retries with
 // backoff, and the shutdown rules. items are the inputs the call works on.
-func (w *worker[In, Out]) attempts(items []core.Envelope[In], call func(ctx context.Context) error) (verdict, failure) {
+func (w *worker[In, Out]) attempts(items []core.Envelope[In], first time.Time, call func(ctx context.Context) error) (verdict, failure) {
 	r := w.r
-	first := time.Now()
 	var sched retry.Schedule
 	started := false
 	if r.policy.MaxElapsedTime > 0 {
@@ -526,7 +560,7 @@ func (w *worker[In, Out]) sleep(d time.Duration) bool {
 
 // handle processes one input of a map, filter, flat-map or sink; false means the worker was
 // abandoned and must exit.
-func (w *worker[In, Out]) handle(e core.Envelope[In]) bool {
+func (w *worker[In, Out]) handle(e core.Envelope[In], now time.Time) bool {
 	r := w.r
 	if r.env.Work.Err() != nil {
 		r.park(e, 0, time.Time{})
@@ -542,12 +576,12 @@ func (w *worker[In, Out]) handle(e core.Envelope[In]) bool {
 	var v verdict
 	var f failure
 	if r.s.kind == KindFlatMap {
-		v, f = w.attempts(items, func(ctx context.Context) (err error) {
+		v, f = w.attempts(items, now, func(ctx context.Context) (err error) {
 			outs, err = r.s.many(ctx, e.V)
 			return err
 		})
 	} else {
-		v, f = w.attempts(items, func(ctx context.Context) (err error) {
+		v, f = w.attempts(items, now, func(ctx context.Context) (err error) {
 			out, keep, err = r.s.one(ctx, e.V)
 			return err
 		})
@@ -624,6 +658,7 @@ func (w *worker[In, Out]) runBatch() bool {
 			return true
 		}
 		r.stats.in.Add(1)
+		w.waitH.Record(time.Since(time.Unix(0, e.M.Enqueued)))
 		items := make([]core.Envelope[In], 1, r.s.size)
 		items[0] = e
 		closed := false
@@ -637,6 +672,7 @@ func (w *worker[In, Out]) runBatch() bool {
 					break fill
 				}
 				r.stats.in.Add(1)
+				w.waitH.Record(time.Since(time.Unix(0, e.M.Enqueued)))
 				items = append(items, e)
 			case <-timer.C:
 				break fill
@@ -645,16 +681,18 @@ func (w *worker[In, Out]) runBatch() bool {
 			}
 		}
 		timer.Stop()
-		if !w.handleBatch(items) {
+		now := time.Now()
+		if !w.handleBatch(items, now) {
 			return false
 		}
+		w.workH.Record(time.Since(now))
 		if closed {
 			return true
 		}
 	}
 }
 
-func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
+func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], now time.Time) bool {
 	r := w.r
 	if r.env.Work.Err() != nil {
 		for _, e := range items {
@@ -667,7 +705,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 		values[i] = items[i].V
 	}
 	var out Out
-	v, f := w.attempts(items, func(ctx context.Context) (err error) {
+	v, f := w.attempts(items, now, func(ctx context.Context) (err error) {
 		out, err = r.s.batch(ctx, values)
 		return err
 	})

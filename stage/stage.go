@@ -41,6 +41,9 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", int(k))
 }
 
+// MarshalText implements encoding.TextMarshaler.
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
 // Defaults of a stage built without options.
 const (
 	// DefaultCapacityPerWorker sets the default input capacity: twice the number of workers.

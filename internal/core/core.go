@@ -130,6 +130,8 @@ type Meta struct {
 	Index  int64
 	// Ingress is when the item entered the pipeline (Unix nanoseconds).
 	Ingress int64
+	// Enqueued is when the item was put into its current stage's input (Unix nanoseconds).
+	Enqueued int64
 	// Weight is how many source units the envelope stands for: 1, or the sum carried by a batch.
 	Weight int32
 	// Replays counts how many times the item was replayed from the dead-letter queue.
@@ -234,6 +236,7 @@ func (q *Queue[T]) ProducerDone() {
 // Send puts e into the queue, blocking while it is full. When the run's work context ends first
 // the item is parked instead and Send returns false.
 func (q *Queue[T]) Send(work context.Context, e Envelope[T]) bool {
+	e.M.Enqueued = time.Now().UnixNano()
 	select {
 	case q.C <- e:
 		return true
