@@ -63,7 +63,9 @@
 // Only one process writes a file at a time: the writer holds an exclusive
 // flock on the sibling file path + ".lock", which is created if missing
 // and never removed (removing it would let two writers lock different
-// files). Readers ([ReadFile]) take no lock.
+// files). Readers ([ReadFile]) take no lock. Locking uses flock(2),
+// available on Linux, macOS and the BSDs; on other systems OpenFile fails
+// rather than risk two writers.
 //
 // # Durability and group commit
 //

@@ -6,8 +6,9 @@ import (
 	"strings"
 )
 
-// ErrClosed is returned (wrapped) by Write, Delete, Records and Compact
-// when the sink has been closed.
+// ErrClosed is returned (wrapped) by calls on a closed sink: Write and
+// Delete of every Sink in this package, and Records and Compact of a
+// [File].
 var ErrClosed = errors.New("dlq: sink is closed")
 
 // ErrLocked is returned (wrapped) by [OpenFile] when another writer, in

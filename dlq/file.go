@@ -404,7 +404,8 @@ func readCommitted(ctx context.Context, fh *os.File, size int64, path string) ([
 // runs, and then append to the new file; the lock is kept throughout. If
 // Compact fails before the rename, the file is left as it was; if it fails
 // after (the directory fsync), the File enters the failed state, because
-// later appends could be lost in a crash.
+// later appends could be lost in a crash. A path + ".tmp" left by a crash
+// during an earlier Compact is overwritten.
 func (f *File) Compact(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err

@@ -469,15 +469,16 @@ func (r Record) PayloadBytes() ([]byte, error) {
 	case "":
 		return bytes.Clone([]byte(r.Payload)), nil
 	case PayloadEncodingBase64:
-		var s string
-		if err := json.Unmarshal(r.Payload, &s); err != nil {
-			return nil, fmt.Errorf("dlq: record %s: base64 payload is not a JSON string: %w", r.ID, err)
+		s, ok := jsonString(r.Payload)
+		if !ok {
+			return nil, fmt.Errorf("dlq: record %s: base64 payload is not a JSON string", r.ID)
 		}
-		b, err := base64.StdEncoding.DecodeString(s)
+		b := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+		n, err := base64.StdEncoding.Decode(b, s)
 		if err != nil {
 			return nil, fmt.Errorf("dlq: record %s: invalid base64 payload: %w", r.ID, err)
 		}
-		return b, nil
+		return b[:n], nil
 	default:
 		return nil, fmt.Errorf("dlq: record %s: unknown payload encoding %q", r.ID, r.PayloadEncoding)
 	}
