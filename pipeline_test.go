@@ -867,6 +867,9 @@ func TestDrainReturnsItemsToAnAcknowledgingSource(t *testing.T) {
 				acks[i] = append(acks[i], o)
 				mu.Unlock()
 			}}))
+			if i == 1 {
+				synctest.Wait() // 0 and 1 are done before the others come
+			}
 		}
 		synctest.Wait()
 		cancel()

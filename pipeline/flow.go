@@ -63,6 +63,7 @@ type node interface {
 	Start()
 	Done() <-chan struct{}
 	Stats() stage.Stats
+	Units() (delivered, filtered int64)
 	Check(rec *dlq.Record) error
 	Inject(ctx context.Context, rec *dlq.Record, meta core.Meta) error
 }

@@ -309,8 +309,6 @@ func (j *Job) snapshot() Report {
 		Pipeline:     j.name,
 		Admitted:     t.Admitted.Load(),
 		Spawned:      t.Spawned.Load(),
-		Delivered:    t.Delivered.Load(),
-		Filtered:     t.Filtered.Load(),
 		DeadLettered: t.DeadLettered.Load(),
 		Rejected:     t.Rejected.Load(),
 		Returned:     t.Returned.Load(),
@@ -318,6 +316,11 @@ func (j *Job) snapshot() Report {
 		Abandoned:    t.Abandoned.Load(),
 		Started:      j.started,
 		Duration:     time.Since(j.started),
+	}
+	for _, n := range j.nodes {
+		d, f := n.Units()
+		r.Delivered += d
+		r.Filtered += f
 	}
 	r.Ingested = r.Admitted + r.Rejected + r.Spawned
 	r.InFlight = r.Ingested - (r.Delivered + r.Filtered + r.DeadLettered + r.Rejected + r.Returned + r.Stranded)
@@ -403,6 +406,7 @@ func (p *Pipeline[In]) newRun(ctx context.Context) *run[In] {
 		Fail:       r.fail,
 		Failed:     r.failed.Load,
 		Seq:        &atomic.Uint64{},
+		Clock:      core.Clock{Epoch: time.Now()},
 	}
 	r.nodes = make([]node, len(p.steps))
 	var next any
@@ -467,43 +471,30 @@ func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) 
 		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
 	}
 	t := r.env.Totals
-	now := time.Now().UnixNano()
-	e := core.Envelope[In]{V: it.Value, M: core.Meta{
-		Key: it.Key, Source: it.Source, Index: it.Index, Headers: it.Headers, Weight: 1, Ingress: now, Enqueued: now,
-	}}
+	e := core.Envelope[In]{V: it.Value, M: core.Meta{Key: it.Key, Index: it.Index, Weight: 1, Ingress: r.env.Clock.Now()}}
 	if e.M.Key == "" {
 		e.M.Seq = r.env.Seq.Add(1)
 	}
 	var itemDone <-chan struct{}
+	var span trace.SpanContext
 	if it.Context != nil {
-		e.M.Span = trace.SpanContextFromContext(it.Context)
+		span = trace.SpanContextFromContext(it.Context)
 		itemDone = it.Context.Done()
 	}
+	e.M.X = core.NewExtra(it.Source, it.Headers, span)
 	e.M.Tracker = core.NewRoot(it.Ack)
 	t.Admitted.Add(1)
-	if r.p.opts.overflow == Reject {
-		select {
-		case q.C <- e:
-			return nil
-		default:
-			t.Admitted.Add(-1)
-			t.Rejected.Add(1)
-			return ErrQueueFull
-		}
-	}
-	select {
-	case q.C <- e:
+	if q.Offer(e, e.M.Ingress, r.p.opts.overflow == Block, srcCtx.Done(), itemDone) {
 		return nil
-	default:
 	}
-	select {
-	case q.C <- e:
-		return nil
-	case <-srcCtx.Done():
-		t.Admitted.Add(-1)
+	t.Admitted.Add(-1)
+	switch {
+	case r.p.opts.overflow == Reject && srcCtx.Err() == nil:
+		t.Rejected.Add(1)
+		return ErrQueueFull
+	case srcCtx.Err() != nil:
 		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
-	case <-itemDone:
-		t.Admitted.Add(-1)
+	default:
 		return it.Context.Err()
 	}
 }

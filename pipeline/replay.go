@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"golang.org/x/time/rate"
 
@@ -145,13 +144,10 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 				completed++
 				mu.Unlock()
 			}
+			span, _ := spanContextOf(rec)
 			meta := core.Meta{
-				Key: rec.CorrelationID, Source: rec.Source, Headers: rec.Headers, Weight: 1,
-				Replays: int32(rec.Replays + 1), Ingress: time.Now().UnixNano(),
-				Tracker: core.NewRoot(ack),
-			}
-			if sc, ok := spanContextOf(rec); ok {
-				meta.Span = sc
+				Key: rec.CorrelationID, Weight: 1, Replays: int32(rec.Replays + 1), Ingress: r.env.Clock.Now(),
+				Tracker: core.NewRoot(ack), X: core.NewExtra(rec.Source, rec.Headers, span),
 			}
 			if meta.Key == "" {
 				meta.Seq = r.env.Seq.Add(1)

@@ -116,11 +116,17 @@ func (f *feeder[T]) offer(admit Admit[T], v T) bool {
 		it.Key = f.key(v)
 	}
 	if stop(admit(it)) {
-		f.leftover = &v
+		f.keep(v)
 		return false
 	}
 	f.n++
 	return true
+}
+
+// keep stores the value not handed over (a copy, so v itself does not escape).
+func (f *feeder[T]) keep(v T) {
+	x := v
+	f.leftover = &x
 }
 
 // Leftover returns the value that the source took from its input but did not hand over because
@@ -192,7 +198,7 @@ func (s *SeqSource[T]) KeyBy(key func(T) string) *SeqSource[T] {
 func (s *SeqSource[T]) Emit(ctx context.Context, admit Admit[T]) error {
 	for v := range s.seq {
 		if ctx.Err() != nil {
-			s.leftover = &v
+			s.keep(v)
 			return nil
 		}
 		if !s.offer(admit, v) {

@@ -2,7 +2,6 @@ package stage
 
 import (
 	"context"
-	"sync"
 
 	"github.com/sluicehq/sluice/internal/core"
 )
@@ -10,9 +9,9 @@ import (
 type infoKey struct{}
 
 // info is what a user function can read about its call from its context. One lives in each
-// worker and is updated per attempt, so reading it costs no allocation per item.
+// worker and is updated before each attempt, so it costs no allocation and no lock per item;
+// it is valid for the duration of the call (the worker writes it only between calls).
 type info struct {
-	mu       sync.Mutex
 	stage    string
 	prefix   string
 	meta     core.Meta
@@ -21,10 +20,8 @@ type info struct {
 }
 
 func (i *info) set(m *core.Meta, attempt, max int) {
-	i.mu.Lock()
 	i.meta.Key, i.meta.Seq = m.Key, m.Seq
 	i.attempt, i.attempts = attempt, max
-	i.mu.Unlock()
 }
 
 func infoFrom(ctx context.Context) *info {
@@ -35,6 +32,9 @@ func infoFrom(ctx context.Context) *info {
 	return i
 }
 
+// Attempt, CorrelationID and StageName read what the stage set in the context of a call; they
+// are valid during the call (not in goroutines that outlive it).
+
 // Attempt returns the number of the current attempt (from 1) and the most attempts the stage's
 // retry policy allows, for the call whose context is ctx. Outside a stage it returns 0, 0.
 func Attempt(ctx context.Context) (attempt, max int) {
@@ -42,8 +42,6 @@ func Attempt(ctx context.Context) (attempt, max int) {
 	if i == nil {
 		return 0, 0
 	}
-	i.mu.Lock()
-	defer i.mu.Unlock()
 	return i.attempt, i.attempts
 }
 
@@ -55,8 +53,6 @@ func CorrelationID(ctx context.Context) string {
 	if i == nil {
 		return ""
 	}
-	i.mu.Lock()
-	defer i.mu.Unlock()
 	if i.meta.Key == "" && i.meta.Seq == 0 {
 		return ""
 	}

@@ -2,7 +2,6 @@ package stage
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -18,110 +17,11 @@ import (
 	"github.com/sluicehq/sluice/retry"
 )
 
-// ErrShutdown is the error of an item parked by a drain: the run stopped before the item was
-// done. Such items are dead-lettered with reason shutdown, or handed back to a source that can
-// redeliver them.
-var ErrShutdown = errors.New("sluice: the run was stopped before the item was done")
+// maxTake is the most items a worker takes from its input at once.
+const maxTake = 32
 
-// PanicError is the failure of an attempt whose function panicked.
-type PanicError struct {
-	// Value is the value the function panicked with.
-	Value any
-	// Stack is the stack of the panicking goroutine.
-	Stack string
-}
-
-// Error implements error.
-func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
-
-// ErrorType implements retry.ErrorTyper.
-func (e *PanicError) ErrorType() string { return "panic" }
-
-// Unwrap returns the panic value when it is an error.
-func (e *PanicError) Unwrap() error {
-	err, _ := e.Value.(error)
-	return err
-}
-
-// TimeoutError is the failure of an attempt that outlived the stage's per-attempt timeout.
-type TimeoutError struct {
-	// Timeout is the stage's per-attempt timeout.
-	Timeout time.Duration
-	// Err is what the function returned, if it returned.
-	Err error
-	// Abandoned is set when the function ignored its cancelled context past the grace period,
-	// so its worker was replaced.
-	Abandoned bool
-}
-
-// Error implements error.
-func (e *TimeoutError) Error() string {
-	if e.Abandoned {
-		return fmt.Sprintf("attempt exceeded its timeout of %v and ignored cancellation; its worker was replaced", e.Timeout)
-	}
-	return fmt.Sprintf("attempt exceeded its timeout of %v: %v", e.Timeout, e.Err)
-}
-
-// ErrorType implements retry.ErrorTyper.
-func (e *TimeoutError) ErrorType() string { return "timeout" }
-
-// Unwrap returns the function's error.
-func (e *TimeoutError) Unwrap() error { return e.Err }
-
-// Stats are the counters of one stage. Item counts are envelopes (a batch output is one);
-// the pipeline's Report also gives totals in source units.
-type Stats struct {
-	Name     string `json:"name"`
-	Kind     Kind   `json:"kind"`
-	Workers  int    `json:"workers"`  // size of the pool
-	Busy     int    `json:"busy"`     // workers in an attempt now
-	Capacity int    `json:"capacity"` // capacity of the input
-	Queued   int    `json:"queued"`   // items in the input now
-
-	In           int64 `json:"in"`            // items that reached the stage (queued, or parked on its behalf)
-	Out          int64 `json:"out"`           // items it passed on (a flat-map's outputs, a batch's batches)
-	Succeeded    int64 `json:"succeeded"`     // inputs whose call succeeded and that were passed on (or delivered)
-	Filtered     int64 `json:"filtered"`      // inputs dropped on purpose
-	Attempts     int64 `json:"attempts"`      // calls made
-	Retries      int64 `json:"retries"`       // calls that were retries
-	DeadLettered int64 `json:"dead_lettered"` // inputs durably dead-lettered, all reasons
-	Returned     int64 `json:"returned"`      // inputs handed back unacknowledged to their source by a drain
-	Stranded     int64 `json:"stranded"`      // inputs left without a terminal state because the run failed
-	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation
-
-	DeadLetters map[dlq.Reason]int64 `json:"dead_letters"` // dead letters by reason
-
-	// Wait is how long items waited in the stage's input before a worker took them; Work is
-	// how long a worker spent on them, retries and backoff included.
-	Wait Latency `json:"wait"`
-	Work Latency `json:"work"`
-}
-
-// Latency summarises a distribution of durations (quantiles to within about 7%).
-type Latency struct {
-	Count int64         `json:"count"`
-	P50   time.Duration `json:"p50_ns"`
-	P95   time.Duration `json:"p95_ns"`
-	P99   time.Duration `json:"p99_ns"`
-	Max   time.Duration `json:"max_ns"`
-}
-
-var reasons = [...]dlq.Reason{dlq.ReasonError, dlq.ReasonPermanent, dlq.ReasonTimeout, dlq.ReasonPanic,
-	dlq.ReasonOverflow, dlq.ReasonShutdown, dlq.ReasonCircuitOpen}
-
-func reasonIndex(r dlq.Reason) int {
-	for i, x := range reasons {
-		if x == r {
-			return i
-		}
-	}
-	return 0
-}
-
-type counters struct {
-	in, out, succeeded, filtered, attempts, retries, returned, stranded, abandoned atomic.Int64
-	deadLetters                                                                    [len(reasons)]atomic.Int64
-}
+// slowCall is the work time from which every item is timed (below it, one in 16).
+const slowCall = 4 * time.Microsecond
 
 // Runner is one stage running in one run of a pipeline. It is made by Bind and driven by
 // package pipeline; programs do not need it.
@@ -133,13 +33,20 @@ type Runner[In, Out any] struct {
 	policy retry.Policy
 	budget *retry.Budget
 	grace  time.Duration
+	take   int // how many items a worker takes at most
 
 	wg      sync.WaitGroup
 	done    chan struct{}
 	mu      sync.Mutex
 	workers []*worker[In, Out]
-	retired []*worker[In, Out] // abandoned workers, kept for their latency histograms
+	retired []*worker[In, Out] // abandoned workers, kept for their counters and histograms
 	stats   counters
+}
+
+// Slots returns how many items the stage holds at most, queued or in its workers' hands:
+// its capacity plus one item per worker (one batch per worker for a batch stage).
+func (s *Stage[In, Out]) Slots() int {
+	return s.cfg.capacity + s.cfg.workers*s.BatchSize()
 }
 
 // Bind makes a running instance of the stage for one run; next is the input of the following
@@ -148,11 +55,15 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 	r := &Runner[In, Out]{
 		s:      s,
 		env:    env,
-		in:     core.NewQueue[In](s.cfg.capacity),
+		in:     core.NewQueue[In](s.Slots(), s.cfg.workers, env.Clock),
 		next:   next,
 		policy: s.cfg.policy.Normalize(),
 		grace:  s.cfg.grace,
 		done:   make(chan struct{}),
+		take:   maxTake,
+	}
+	if s.kind == KindBatch {
+		r.take = s.size
 	}
 	r.budget = retry.NewBudget(r.policy.Budget)
 	r.in.Park = func(e core.Envelope[In]) {
@@ -225,13 +136,9 @@ func (r *Runner[In, Out]) Stats() Stats {
 		Kind:     r.s.kind,
 		Workers:  r.s.cfg.workers,
 		Capacity: r.s.cfg.capacity,
-		Queued:   len(r.in.C),
+		Queued:   r.in.Len(),
 
 		In:        r.stats.in.Load(),
-		Out:       r.stats.out.Load(),
-		Succeeded: r.stats.succeeded.Load(),
-		Filtered:  r.stats.filtered.Load(),
-		Attempts:  r.stats.attempts.Load(),
 		Retries:   r.stats.retries.Load(),
 		Returned:  r.stats.returned.Load(),
 		Stranded:  r.stats.stranded.Load(),
@@ -246,28 +153,45 @@ func (r *Runner[In, Out]) Stats() Stats {
 		}
 	}
 	var wait, work hist.Snapshot
+	add := func(w *worker[In, Out]) {
+		st.In += w.c.in.Load()
+		st.Out += w.c.out.Load()
+		st.Succeeded += w.c.succeeded.Load()
+		st.Filtered += w.c.filtered.Load()
+		st.Attempts += w.c.attempts.Load()
+		st.Retries += w.c.retries.Load()
+		wait.Add(&w.waitH)
+		work.Add(&w.workH)
+	}
 	r.mu.Lock()
 	for _, w := range r.workers {
 		if w.state.Load()&stateMask == stRunning {
 			st.Busy++
 		}
-		wait.Add(&w.waitH)
-		work.Add(&w.workH)
+		add(w)
 	}
 	for _, w := range r.retired {
-		wait.Add(&w.waitH)
-		work.Add(&w.workH)
+		add(w)
 	}
 	r.mu.Unlock()
 	st.Wait, st.Work = latency(&wait), latency(&work)
 	return st
 }
 
-func latency(s *hist.Snapshot) Latency {
-	return Latency{Count: s.Count(), P50: s.Quantile(0.5), P95: s.Quantile(0.95), P99: s.Quantile(0.99), Max: s.Max()}
+// Units returns the source units the stage delivered (as the last stage) and filtered.
+func (r *Runner[In, Out]) Units() (delivered, filtered int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ws := range [][]*worker[In, Out]{r.workers, r.retired} {
+		for _, w := range ws {
+			delivered += w.c.deliveredUnits.Load()
+			filtered += w.c.filteredUnits.Load()
+		}
+	}
+	return delivered, filtered
 }
 
-// Decode turns a dead-letter record's payload back into the stage's input.
+// decode turns a dead-letter record's payload back into the stage's input.
 func (r *Runner[In, Out]) decode(rec *dlq.Record) (In, error) {
 	var zero In
 	b, err := rec.PayloadBytes()
@@ -297,13 +221,10 @@ func (r *Runner[In, Out]) Inject(ctx context.Context, rec *dlq.Record, meta core
 	if err != nil {
 		return err
 	}
-	meta.Enqueued = time.Now().UnixNano()
-	select {
-	case r.in.C <- core.Envelope[In]{V: v, M: meta}:
-		return nil
-	case <-ctx.Done():
+	if !r.in.Offer(core.Envelope[In]{V: v, M: meta}, r.env.Clock.Now(), true, ctx.Done(), nil) {
 		return context.Cause(ctx)
 	}
+	return nil
 }
 
 // Worker states, in the low bits of worker.state; the high bits count attempts.
@@ -324,22 +245,38 @@ type worker[In, Out any] struct {
 	watch   *time.Timer
 	waitH   hist.Hist
 	workH   hist.Hist
+	c       wcounters
+	seq     uint32
+	catch   *panics.Catcher
+	timeAll bool // time every item: the stage's calls are slow enough
+
+	// The items taken from the input: buf[:k], of which buf[i] is in hand; the outputs not yet
+	// pushed to the next stage; when they were taken (on the run's clock).
+	buf     []core.Envelope[In]
+	k, i    int
+	out     []core.Envelope[Out]
+	takenAt int64
+	// resume is set on a worker that replaces an abandoned one: it finishes buf[i+1:k] first.
+	resume bool
 
 	// The item or batch in an attempt, for the goroutine that abandons the worker. Written
 	// before the attempt starts (published by the state store), read after a winning CAS.
 	cur        []core.Envelope[In]
 	curAttempt int
-	curFirst   time.Time
-	one        [1]core.Envelope[In]
+	curStart   int64
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
-	w := &worker[In, Out]{r: r}
+	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: 15, catch: new(panics.Catcher)}
+	if r.next != nil && r.s.kind != KindBatch {
+		w.out = make([]core.Envelope[Out], 0, r.take)
+	}
 	w.info.stage, w.info.prefix = r.s.name, r.env.Prefix
 	w.ctx = context.WithValue(r.env.Work, infoKey{}, &w.info)
 	if r.s.cfg.timeout > 0 {
 		w.watch = time.AfterFunc(time.Hour, w.watchdog)
 		w.watch.Stop()
+		w.timeAll = true
 	}
 	return w
 }
@@ -360,23 +297,64 @@ func (w *worker[In, Out]) run() {
 		}
 		return
 	}
-	for e := range r.in.C {
-		r.stats.in.Add(1)
-		now := time.Now()
-		w.waitH.Record(time.Duration(now.UnixNano() - e.M.Enqueued))
-		if !w.handle(e, now) {
+	release := 0
+	if w.resume {
+		if !w.work(w.i + 1) {
+			return
+		}
+		release = w.k
+	}
+	for {
+		k, ok := r.in.Pop(w.buf, release, nil, nil)
+		if !ok {
+			break
+		}
+		w.k = k
+		w.takenAt = r.env.Clock.Now()
+		inc(&w.c.in, int64(k))
+		if !w.work(0) {
 			return // abandoned: the abandoner took over this worker's duties
 		}
-		w.workH.Record(time.Since(now))
+		release = k
 	}
+	r.in.Release(release)
 	r.exit()
 }
 
+// work processes buf[from:k], then pushes the outputs on; false means the worker was
+// abandoned and must exit at once.
+func (w *worker[In, Out]) work(from int) bool {
+	for w.i = from; w.i < w.k; w.i++ {
+		if !w.handle(w.i) {
+			return false
+		}
+		if w.timeAll {
+			w.flush() // slow calls: pass each output on at once
+		}
+	}
+	clear(w.buf[:w.k])
+	w.flush()
+	return true
+}
+
+// flush pushes the outputs waiting in the worker to the next stage.
+func (w *worker[In, Out]) flush() {
+	if len(w.out) == 0 {
+		return
+	}
+	inc(&w.c.out, int64(len(w.out)))
+	w.r.next.Push(w.r.env.Work.Done(), w.out)
+	clear(w.out)
+	w.out = w.out[:0]
+}
+
 // begin marks the start of an attempt on items.
-func (w *worker[In, Out]) begin(items []core.Envelope[In], attempt int, first time.Time) uint64 {
-	w.cur, w.curAttempt, w.curFirst = items, attempt, first
+func (w *worker[In, Out]) begin(items []core.Envelope[In], attempt int, start int64) uint64 {
+	w.cur, w.curAttempt, w.curStart = items, attempt, start
 	w.gen++
-	w.startNs.Store(time.Now().UnixNano())
+	if w.watch != nil {
+		w.startNs.Store(w.r.env.Clock.Now())
+	}
 	s := w.gen<<2 | stRunning
 	w.state.Store(s)
 	if w.watch != nil {
@@ -402,7 +380,7 @@ func (w *worker[In, Out]) tryAbandon() bool {
 // watchdog fires timeout+grace after an attempt started.
 func (w *worker[In, Out]) watchdog() {
 	limit := w.r.s.cfg.timeout + w.r.grace
-	if time.Since(time.Unix(0, w.startNs.Load())) < limit {
+	if time.Duration(w.r.env.Clock.Now()-w.startNs.Load()) < limit {
 		return // a stale firing for an attempt that already ended
 	}
 	if w.tryAbandon() {
@@ -410,35 +388,53 @@ func (w *worker[In, Out]) watchdog() {
 	}
 }
 
-// abandon takes over the item of a worker whose call ignores cancellation: it fails the item
-// (or parks it during a drain), and replaces the worker, or releases its place when draining.
+// abandon takes over the items of a worker whose call ignores cancellation: it fails the item
+// in the call (or parks it during a drain) and hands the rest to a replacement worker, or,
+// during a drain, parks them and releases the worker's place.
 func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	r.stats.abandoned.Add(1)
 	r.env.Totals.Abandoned.Add(1)
 	draining := r.env.Work.Err() != nil
 	r.env.Logger.Warn("sluice: abandoned a call that ignores its cancelled context",
 		slog.String("stage", r.s.name), slog.Int("attempt", w.curAttempt), slog.Bool("draining", draining))
-	attempts := w.curAttempt
+	attempts, first := w.curAttempt, r.env.Clock.Time(w.curStart)
 	for _, e := range w.cur {
 		if draining {
-			r.park(e, attempts-1, w.curFirst)
+			r.park(e, attempts-1, first)
 			continue
 		}
 		err := &TimeoutError{Timeout: r.s.cfg.timeout, Abandoned: true}
-		r.deadLetter(e, dlq.ReasonTimeout, err, attempts, w.curFirst, "")
+		r.deadLetter(e, dlq.ReasonTimeout, err, attempts, first, "")
 	}
-	if draining {
-		r.exit()
-		return
+	r.mu.Lock()
+	r.retired = append(r.retired, w)
+	r.mu.Unlock()
+	if draining || r.s.kind == KindBatch {
+		// A batch worker holds nothing beyond the batch in the call.
+		if r.s.kind != KindBatch {
+			for _, e := range w.buf[w.i+1 : w.k] {
+				r.park(e, 0, time.Time{})
+			}
+			if len(w.out) > 0 {
+				r.next.Push(r.env.Work.Done(), w.out)
+			}
+		}
+		r.in.Release(w.k)
+		if draining {
+			r.exit()
+			return
+		}
 	}
 	nw := r.newWorker()
+	if r.s.kind != KindBatch {
+		nw.buf, nw.k, nw.i, nw.out, nw.resume = w.buf, w.k, w.i, w.out, true
+	}
 	r.mu.Lock()
 	for i, x := range r.workers {
 		if x == w {
 			r.workers[i] = nw
 		}
 	}
-	r.retired = append(r.retired, w)
 	r.mu.Unlock()
 	go nw.run()
 }
@@ -461,8 +457,9 @@ type failure struct {
 }
 
 // attempts runs call under the stage's policy: per-attempt timeout, panic capture, retries with
-// backoff, and the shutdown rules. items are the inputs the call works on.
-func (w *worker[In, Out]) attempts(items []core.Envelope[In], first time.Time, call func(ctx context.Context) error) (verdict, failure) {
+// backoff, and the shutdown rules. items are the inputs the call works on; start is when the
+// worker started on them (on the run's clock).
+func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, call func(ctx context.Context) error) (verdict, failure) {
 	r := w.r
 	var sched retry.Schedule
 	started := false
@@ -479,10 +476,9 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], first time.Time, c
 		if r.s.cfg.timeout > 0 {
 			ctx, cancel = context.WithTimeout(ctx, r.s.cfg.timeout)
 		}
-		s := w.begin(items, attempt, first)
+		s := w.begin(items, attempt, start)
 		var err error
-		var c panics.Catcher
-		c.Try(func() { err = call(ctx) })
+		w.catch.Try(func() { err = call(ctx) })
 		timedOut := cancel != nil && ctx.Err() == context.DeadlineExceeded
 		if cancel != nil {
 			cancel()
@@ -490,9 +486,10 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], first time.Time, c
 		if !w.end(s) {
 			return vAbandoned, failure{}
 		}
-		r.stats.attempts.Add(1)
+		inc(&w.c.attempts, 1)
 		var stack string
-		if p := c.Recovered(); p != nil {
+		if p := w.catch.Recovered(); p != nil {
+			w.catch = new(panics.Catcher) // a Catcher keeps its first panic
 			stack = fmt.Sprintf("panic: %v\n\n%s", p.Value, p.Stack)
 			err = &PanicError{Value: p.Value, Stack: stack}
 		}
@@ -501,7 +498,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], first time.Time, c
 			return vSuccess, failure{}
 		}
 		if r.env.Work.Err() != nil && stack == "" {
-			return vShutdown, failure{attempts: attempt - 1, first: first}
+			return vShutdown, failure{attempts: attempt - 1, first: r.env.Clock.Time(start)}
 		}
 		reason := dlq.ReasonError
 		switch {
@@ -518,14 +515,14 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], first time.Time, c
 		}
 		delay, stop := sched.Next(err)
 		if stop != retry.NoStop {
-			return vFailed, failure{err: err, reason: reason, attempts: attempt, first: first, stack: stack}
+			return vFailed, failure{err: err, reason: reason, attempts: attempt, first: r.env.Clock.Time(start), stack: stack}
 		}
-		r.stats.retries.Add(1)
+		inc(&w.c.retries, 1)
 		if r.env.Logger.Enabled(context.Background(), slog.LevelDebug) {
 			r.env.Logger.Debug("sluice: retrying", r.itemAttrs(items, attempt, err, slog.Duration("delay", delay))...)
 		}
 		if !w.sleep(delay) {
-			return vShutdown, failure{attempts: attempt, first: first}
+			return vShutdown, failure{attempts: attempt, first: r.env.Clock.Time(start)}
 		}
 	}
 }
@@ -558,16 +555,35 @@ func (w *worker[In, Out]) sleep(d time.Duration) bool {
 	}
 }
 
+// startTiming returns when the work on the next item starts, and whether its work time is
+// measured: every item of a slow stage, the first and then one in 16 of a fast one (where a
+// clock read would cost more than the call).
+func (w *worker[In, Out]) startTiming() (int64, bool) {
+	w.seq++
+	if w.timeAll || w.seq&15 == 0 {
+		return w.r.env.Clock.Now(), true
+	}
+	return w.takenAt, false
+}
+
+func (w *worker[In, Out]) stopTiming(start int64) {
+	d := time.Duration(w.r.env.Clock.Now() - start)
+	w.workH.Record(d)
+	w.timeAll = w.r.s.cfg.timeout > 0 || d >= slowCall
+}
+
 // handle processes one input of a map, filter, flat-map or sink; false means the worker was
 // abandoned and must exit.
-func (w *worker[In, Out]) handle(e core.Envelope[In], now time.Time) bool {
+func (w *worker[In, Out]) handle(i int) bool {
 	r := w.r
+	e := &w.buf[i]
 	if r.env.Work.Err() != nil {
-		r.park(e, 0, time.Time{})
+		r.park(*e, 0, time.Time{})
 		return true
 	}
-	w.one[0] = e
-	items := w.one[:]
+	start, timed := w.startTiming()
+	w.waitH.Record(time.Duration(start - e.M.Enqueued))
+	items := w.buf[i : i+1]
 	var (
 		out  Out
 		keep bool
@@ -575,65 +591,73 @@ func (w *worker[In, Out]) handle(e core.Envelope[In], now time.Time) bool {
 	)
 	var v verdict
 	var f failure
+	in := e.V // read before the attempt starts: an abandoned call must not touch the buffer
 	if r.s.kind == KindFlatMap {
-		v, f = w.attempts(items, now, func(ctx context.Context) (err error) {
-			outs, err = r.s.many(ctx, e.V)
+		v, f = w.attempts(items, start, func(ctx context.Context) (err error) {
+			outs, err = r.s.many(ctx, in)
 			return err
 		})
 	} else {
-		v, f = w.attempts(items, now, func(ctx context.Context) (err error) {
-			out, keep, err = r.s.one(ctx, e.V)
+		v, f = w.attempts(items, start, func(ctx context.Context) (err error) {
+			out, keep, err = r.s.one(ctx, in)
 			return err
 		})
 	}
 	if v == vAbandoned {
 		return false // the abandoner owns the item now: touch nothing
 	}
-	w.one[0] = core.Envelope[In]{}
+	if timed {
+		w.stopTiming(start)
+	}
 	switch v {
 	case vShutdown:
-		r.park(e, f.attempts, f.first)
+		r.park(*e, f.attempts, f.first)
 		return true
 	case vFailed:
-		r.deadLetter(e, f.reason, f.err, f.attempts, f.first, f.stack)
+		r.deadLetter(*e, f.reason, f.err, f.attempts, f.first, f.stack)
 		return true
 	}
 	if r.s.kind == KindFlatMap {
-		r.emitMany(e, outs)
+		w.emitMany(e, outs)
 		return true
 	}
 	if !keep {
-		r.filtered(e.M)
+		w.filtered(e.M)
 		return true
 	}
-	r.stats.succeeded.Add(1)
-	r.emit(core.Envelope[Out]{V: out, M: e.M})
+	inc(&w.c.succeeded, 1)
+	w.emit(core.Envelope[Out]{V: out, M: e.M})
 	return true
 }
 
-func (r *Runner[In, Out]) filtered(m core.Meta) {
-	r.stats.filtered.Add(1)
-	r.env.Totals.Filtered.Add(int64(m.Weight))
+func (w *worker[In, Out]) filtered(m core.Meta) {
+	inc(&w.c.filtered, 1)
+	inc(&w.c.filteredUnits, int64(m.Weight))
 	m.Tracker.Done(core.Filtered)
 }
 
-// emit passes an output on to the next stage, or delivers it after the last one.
-func (r *Runner[In, Out]) emit(e core.Envelope[Out]) {
-	r.stats.out.Add(1)
-	if r.next == nil {
-		r.env.Totals.Delivered.Add(int64(e.M.Weight))
+// emit passes an output on to the next stage (in the worker's outgoing batch), or delivers it
+// after the last one.
+func (w *worker[In, Out]) emit(e core.Envelope[Out]) {
+	if w.r.next == nil {
+		inc(&w.c.out, 1)
+		inc(&w.c.deliveredUnits, int64(e.M.Weight))
 		e.M.Tracker.Done(core.Delivered)
 		return
 	}
-	r.next.Send(r.env.Work, e)
+	w.out = append(w.out, e)
+	if len(w.out) == cap(w.out) {
+		w.flush()
+	}
 }
 
-func (r *Runner[In, Out]) emitMany(e core.Envelope[In], outs []Out) {
+func (w *worker[In, Out]) emitMany(e *core.Envelope[In], outs []Out) {
 	if len(outs) == 0 {
-		r.filtered(e.M)
+		w.filtered(e.M)
 		return
 	}
-	r.stats.succeeded.Add(1)
+	inc(&w.c.succeeded, 1)
+	r := w.r
 	r.env.Totals.Spawned.Add(int64(len(outs)) - int64(e.M.Weight))
 	tr := e.M.Tracker.Fork(len(outs))
 	parent := e.M.CorrelationID(r.env.Prefix)
@@ -642,7 +666,7 @@ func (r *Runner[In, Out]) emitMany(e core.Envelope[In], outs []Out) {
 		m.Key = parent + "/" + strconv.Itoa(i+1)
 		m.Weight = 1
 		m.Tracker = tr
-		r.emit(core.Envelope[Out]{V: o, M: m})
+		w.emit(core.Envelope[Out]{V: o, M: m})
 	}
 }
 
@@ -652,47 +676,50 @@ func (w *worker[In, Out]) runBatch() bool {
 	r := w.r
 	timer := time.NewTimer(r.s.maxWait)
 	timer.Stop()
+	defer timer.Stop()
+	items := make([]core.Envelope[In], 0, r.s.size)
+	release := 0
 	for {
-		e, ok := <-r.in.C
+		n, ok := r.in.Pop(w.buf, release, nil, nil)
 		if !ok {
+			r.in.Release(release)
 			return true
 		}
-		r.stats.in.Add(1)
-		w.waitH.Record(time.Since(time.Unix(0, e.M.Enqueued)))
-		items := make([]core.Envelope[In], 1, r.s.size)
-		items[0] = e
+		items = append(items[:0], w.buf[:n]...)
 		closed := false
 		timer.Reset(r.s.maxWait)
-	fill:
 		for len(items) < r.s.size {
-			select {
-			case e, ok := <-r.in.C:
-				if !ok {
-					closed = true
-					break fill
-				}
-				r.stats.in.Add(1)
-				w.waitH.Record(time.Since(time.Unix(0, e.M.Enqueued)))
-				items = append(items, e)
-			case <-timer.C:
-				break fill
-			case <-r.env.Work.Done():
-				break fill
+			m, ok := r.in.Pop(w.buf[:r.s.size-len(items)], 0, timer.C, r.env.Work.Done())
+			if !ok {
+				closed = true
+				break
 			}
+			if m == 0 {
+				break // max wait, or the run is stopping
+			}
+			items = append(items, w.buf[:m]...)
 		}
 		timer.Stop()
-		now := time.Now()
-		if !w.handleBatch(items, now) {
+		clear(w.buf)
+		w.k = len(items)
+		w.takenAt = r.env.Clock.Now()
+		inc(&w.c.in, int64(len(items)))
+		for _, e := range items {
+			w.waitH.Record(time.Duration(w.takenAt - e.M.Enqueued))
+		}
+		if !w.handleBatch(items) {
 			return false
 		}
-		w.workH.Record(time.Since(now))
+		release = len(items)
+		clear(items)
 		if closed {
+			r.in.Release(release)
 			return true
 		}
 	}
 }
 
-func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], now time.Time) bool {
+func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	r := w.r
 	if r.env.Work.Err() != nil {
 		for _, e := range items {
@@ -704,14 +731,17 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], now time.Time) 
 	for i := range items {
 		values[i] = items[i].V
 	}
+	start := r.env.Clock.Now()
 	var out Out
-	v, f := w.attempts(items, now, func(ctx context.Context) (err error) {
+	v, f := w.attempts(items, start, func(ctx context.Context) (err error) {
 		out, err = r.s.batch(ctx, values)
 		return err
 	})
-	switch v {
-	case vAbandoned:
+	if v == vAbandoned {
 		return false
+	}
+	w.stopTiming(start)
+	switch v {
 	case vShutdown:
 		for _, e := range items {
 			r.park(e, f.attempts, f.first)
@@ -723,7 +753,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], now time.Time) 
 		}
 		return true
 	}
-	r.stats.succeeded.Add(int64(len(items)))
+	inc(&w.c.succeeded, int64(len(items)))
 	m := core.Meta{Seq: r.env.Seq.Add(1), Ingress: items[0].M.Ingress}
 	trackers := make([]*core.Tracker, 0, len(items))
 	for _, e := range items {
@@ -734,7 +764,12 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], now time.Time) 
 		}
 	}
 	m.Tracker = core.Group(trackers)
-	r.emit(core.Envelope[Out]{V: out, M: m})
+	if r.next == nil {
+		w.emit(core.Envelope[Out]{V: out, M: m})
+		return true
+	}
+	inc(&w.c.out, 1)
+	r.next.Push(r.env.Work.Done(), []core.Envelope[Out]{{V: out, M: m}})
 	return true
 }
 
@@ -777,12 +812,12 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 		FirstAttemptAt: first.UTC(),
 		FailedAt:       now.UTC(),
 		Source:         e.M.SourceName(),
-		Headers:        e.M.Headers,
+		Headers:        e.M.Headers(),
 	}
 	if reason == dlq.ReasonShutdown {
 		rec.ErrorType = "shutdown"
 	}
-	if sc := e.M.Span; sc.IsValid() {
+	if sc := e.M.Span(); sc.IsValid() {
 		rec.TraceID, rec.SpanID = sc.TraceID().String(), sc.SpanID().String()
 	}
 	if b, err := r.s.codec.Encode(e.V); err != nil {

@@ -118,19 +118,19 @@ func (t *Tracker) Done(o Outcome) {
 	t.ack(final)
 }
 
-// Meta is the framework's part of an envelope.
+// Meta is the framework's part of an envelope. It is kept small (it is copied at every hop):
+// what most items do not have lives behind Extra.
 type Meta struct {
 	// Key is the correlation ID when the item has a natural one (or was assigned one); otherwise
 	// the ID is made from the run's prefix and Seq only when it is needed.
 	Key string
 	Seq uint64
-	// Source says where the item came from (a URL, a message sequence); when it is empty and
-	// Index is set, the source is the item's position in its input, from 1.
-	Source string
-	Index  int64
-	// Ingress is when the item entered the pipeline (Unix nanoseconds).
-	Ingress int64
-	// Enqueued is when the item was put into its current stage's input (Unix nanoseconds).
+	// Index is the item's position in its input, from 1 (0: none), its source when it has no
+	// Extra.Source.
+	Index int64
+	// Ingress is when the item entered the pipeline, and Enqueued when it was put into its
+	// current stage's input, both on the run's Clock.
+	Ingress  int64
 	Enqueued int64
 	// Weight is how many source units the envelope stands for: 1, or the sum carried by a batch.
 	Weight int32
@@ -138,11 +138,44 @@ type Meta struct {
 	Replays int32
 	// Tracker is the item's acknowledgement, nil when its source needs none.
 	Tracker *Tracker
-	// Span is the trace context of the item's span in the previous stage (or of the context it
-	// was submitted with); the seam for tracing.
-	Span trace.SpanContext
+	// X holds the rarer parts; nil when the item has none. It is shared between copies of the
+	// meta (a flat-map's outputs): replace it, never change it in place.
+	X *Extra
+}
+
+// Extra is the part of an item's meta that most items do not have.
+type Extra struct {
+	// Source says where the item came from (a URL, a message sequence).
+	Source string
 	// Headers is user metadata carried into dead-letter records.
 	Headers map[string]string
+	// Span is the trace context of the item's span in the previous stage (or of the context it
+	// was submitted with).
+	Span trace.SpanContext
+}
+
+// NewExtra returns an Extra, or nil when it would be empty.
+func NewExtra(source string, headers map[string]string, span trace.SpanContext) *Extra {
+	if source == "" && len(headers) == 0 && !span.IsValid() {
+		return nil
+	}
+	return &Extra{Source: source, Headers: headers, Span: span}
+}
+
+// Span returns the trace context carried by the meta.
+func (m *Meta) Span() trace.SpanContext {
+	if m.X == nil {
+		return trace.SpanContext{}
+	}
+	return m.X.Span
+}
+
+// Headers returns the user metadata carried by the meta.
+func (m *Meta) Headers() map[string]string {
+	if m.X == nil {
+		return nil
+	}
+	return m.X.Headers
 }
 
 // CorrelationID returns the item's correlation ID, made from prefix and the sequence number when
@@ -156,10 +189,13 @@ func (m *Meta) CorrelationID(prefix string) string {
 
 // SourceName returns where the item came from, for its dead letter.
 func (m *Meta) SourceName() string {
-	if m.Source == "" && m.Index > 0 {
+	if m.X != nil && m.X.Source != "" {
+		return m.X.Source
+	}
+	if m.Index > 0 {
 		return "index:" + strconv.FormatInt(m.Index, 10)
 	}
-	return m.Source
+	return ""
 }
 
 // Envelope wraps one item.
@@ -168,18 +204,27 @@ type Envelope[T any] struct {
 	M Meta
 }
 
-// Counters are the run-wide totals, in source units (an envelope counts its Weight).
+// Counters are the run-wide totals, in source units (an envelope counts its Weight). The
+// delivered and filtered units are counted by each stage's workers, without contention.
 type Counters struct {
 	Admitted     atomic.Int64
 	Rejected     atomic.Int64
 	Spawned      atomic.Int64
-	Delivered    atomic.Int64
-	Filtered     atomic.Int64
 	DeadLettered atomic.Int64
 	Returned     atomic.Int64
 	Stranded     atomic.Int64
 	Abandoned    atomic.Int64
 }
+
+// Clock reads monotonic time as nanoseconds since the start of a run: cheaper than wall time,
+// and it follows testing/synctest's fake clock.
+type Clock struct{ Epoch time.Time }
+
+// Now returns the nanoseconds since the epoch.
+func (c Clock) Now() int64 { return int64(time.Since(c.Epoch)) }
+
+// Time turns a reading back into wall time.
+func (c Clock) Time(t int64) time.Time { return c.Epoch.Add(time.Duration(t)) }
 
 // Env is what a stage needs from the run it is part of.
 type Env struct {
@@ -203,50 +248,9 @@ type Env struct {
 	Failed func() bool
 	// Seq hands out run-unique sequence numbers for generated correlation IDs.
 	Seq *atomic.Uint64
+	// Clock reads the run's monotonic time.
+	Clock Clock
 	// Grace is how long a call that ignores its cancelled context is waited for before its
 	// worker is abandoned (replaced while running, released during a drain).
 	Grace time.Duration
-}
-
-// Queue is the bounded input of a stage. Its channel is closed when every producer is done.
-type Queue[T any] struct {
-	C         chan Envelope[T]
-	producers atomic.Int64
-	// Park dead-letters an item for the queue's stage (reason shutdown) or hands it back to its
-	// source, when it cannot be delivered to the queue because the run is stopping.
-	Park func(e Envelope[T])
-}
-
-// NewQueue returns a queue with the given capacity.
-func NewQueue[T any](capacity int) *Queue[T] {
-	return &Queue[T]{C: make(chan Envelope[T], capacity)}
-}
-
-// AddProducers registers n more producers.
-func (q *Queue[T]) AddProducers(n int) { q.producers.Add(int64(n)) }
-
-// ProducerDone is called once by each producer when it will send no more; the last one closes
-// the channel.
-func (q *Queue[T]) ProducerDone() {
-	if q.producers.Add(-1) == 0 {
-		close(q.C)
-	}
-}
-
-// Send puts e into the queue, blocking while it is full. When the run's work context ends first
-// the item is parked instead and Send returns false.
-func (q *Queue[T]) Send(work context.Context, e Envelope[T]) bool {
-	e.M.Enqueued = time.Now().UnixNano()
-	select {
-	case q.C <- e:
-		return true
-	default:
-	}
-	select {
-	case q.C <- e:
-		return true
-	case <-work.Done():
-		q.Park(e)
-		return false
-	}
 }

@@ -1,0 +1,83 @@
+package stage
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/internal/hist"
+)
+
+// Stats are the counters of one stage. Item counts are envelopes (a batch output is one);
+// the pipeline's Report also gives totals in source units.
+type Stats struct {
+	Name     string `json:"name"`
+	Kind     Kind   `json:"kind"`
+	Workers  int    `json:"workers"`  // size of the pool
+	Busy     int    `json:"busy"`     // workers in an attempt now
+	Capacity int    `json:"capacity"` // capacity of the input
+	Queued   int    `json:"queued"`   // items in the input now
+
+	In           int64 `json:"in"`            // items that reached the stage (queued, or parked on its behalf)
+	Out          int64 `json:"out"`           // items it passed on (a flat-map's outputs, a batch's batches)
+	Succeeded    int64 `json:"succeeded"`     // inputs whose call succeeded and that were passed on (or delivered)
+	Filtered     int64 `json:"filtered"`      // inputs dropped on purpose
+	Attempts     int64 `json:"attempts"`      // calls made
+	Retries      int64 `json:"retries"`       // calls that were retries
+	DeadLettered int64 `json:"dead_lettered"` // inputs durably dead-lettered, all reasons
+	Returned     int64 `json:"returned"`      // inputs handed back unacknowledged to their source by a drain
+	Stranded     int64 `json:"stranded"`      // inputs left without a terminal state because the run failed
+	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation
+
+	DeadLetters map[dlq.Reason]int64 `json:"dead_letters"` // dead letters by reason
+
+	// Wait is how long items waited in the stage's input before a worker took them; Work is
+	// how long a worker spent on them, retries and backoff included. Work is measured for
+	// every item of a stage whose calls take more than a few microseconds or that has a
+	// timeout, and for one item in 16 of faster stages (a clock read would cost more than
+	// the call).
+	Wait Latency `json:"wait"`
+	Work Latency `json:"work"`
+}
+
+// Latency summarises a distribution of durations (quantiles to within about 7%).
+type Latency struct {
+	Count int64         `json:"count"`
+	P50   time.Duration `json:"p50_ns"`
+	P95   time.Duration `json:"p95_ns"`
+	P99   time.Duration `json:"p99_ns"`
+	Max   time.Duration `json:"max_ns"`
+}
+
+var reasons = [...]dlq.Reason{dlq.ReasonError, dlq.ReasonPermanent, dlq.ReasonTimeout, dlq.ReasonPanic,
+	dlq.ReasonOverflow, dlq.ReasonShutdown, dlq.ReasonCircuitOpen}
+
+func reasonIndex(r dlq.Reason) int {
+	for i, x := range reasons {
+		if x == r {
+			return i
+		}
+	}
+	return 0
+}
+
+// counters are the stage's counters updated from any goroutine (rare paths: parking,
+// dead letters, abandonment).
+type counters struct {
+	in, retries, returned, stranded, abandoned atomic.Int64
+	deadLetters                                [len(reasons)]atomic.Int64
+}
+
+// wcounters are a worker's own counters: one writer, so an update is a plain load and store,
+// with no contention between workers; Stats adds them up.
+type wcounters struct {
+	in, out, succeeded, filtered, attempts, retries atomic.Int64
+	// Source units the worker delivered (last stage) or filtered.
+	deliveredUnits, filteredUnits atomic.Int64
+}
+
+func inc(c *atomic.Int64, n int64) { c.Store(c.Load() + n) }
+
+func latency(s *hist.Snapshot) Latency {
+	return Latency{Count: s.Count(), P50: s.Quantile(0.5), P95: s.Quantile(0.95), P99: s.Quantile(0.99), Max: s.Max()}
+}
