@@ -582,7 +582,9 @@ func (w *worker[In, Out]) handle(i int) bool {
 		return true
 	}
 	start, timed := w.startTiming()
-	w.waitH.Record(time.Duration(start - e.M.Enqueued))
+	if timed {
+		w.waitH.Record(time.Duration(start - e.M.Enqueued))
+	}
 	items := w.buf[i : i+1]
 	var (
 		out  Out

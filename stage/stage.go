@@ -106,8 +106,10 @@ func Workers(n int) Option {
 	}
 }
 
-// Capacity sets the capacity of the stage's bounded input (default: twice the workers). Zero
-// makes the input unbuffered: an item is handed straight to a free worker.
+// Capacity sets how many items may wait in the stage's input besides the one each worker
+// holds (default: twice the workers). The stage holds at most Capacity + Workers items,
+// queued or in its workers' hands (Capacity + Workers × size for a batch stage): that is the
+// bound backpressure keeps. Zero leaves room only for the items the workers hold.
 func Capacity(n int) Option {
 	return func(c *config) {
 		if n < 0 {

@@ -31,11 +31,11 @@ type Stats struct {
 
 	DeadLetters map[dlq.Reason]int64 `json:"dead_letters"` // dead letters by reason
 
-	// Wait is how long items waited in the stage's input before a worker took them; Work is
-	// how long a worker spent on them, retries and backoff included. Work is measured for
-	// every item of a stage whose calls take more than a few microseconds or that has a
-	// timeout, and for one item in 16 of faster stages (a clock read would cost more than
-	// the call).
+	// Wait is how long items waited in the stage (its input, or a worker's hand) before a
+	// worker started on them; Work is how long the worker spent on them, retries and backoff
+	// included. Both are measured for every item of a stage whose calls take more than a few
+	// microseconds or that has a timeout, and for one item in 16 of faster stages (there a
+	// clock read would cost more than the call), so Count can be less than In.
 	Wait Latency `json:"wait"`
 	Work Latency `json:"work"`
 }
