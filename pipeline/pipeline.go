@@ -17,6 +17,9 @@ import (
 	"github.com/sluicehq/sluice/internal/core"
 	"github.com/sluicehq/sluice/retry"
 	"github.com/sluicehq/sluice/stage"
+	"github.com/sluicehq/sluice/tracing"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -73,6 +76,7 @@ const (
 )
 
 type options struct {
+	tel          tracing.Config
 	sink         dlq.Sink
 	ownSink      bool
 	fallback     dlq.Sink
@@ -168,6 +172,35 @@ func WithOverflow(p Overflow) Option {
 	}
 }
 
+// WithTracerProvider sets the OpenTelemetry tracer provider (default: the global one, as it
+// is when the pipeline is built: install the SDK first). With no SDK installed, no span is
+// started and tracing costs nothing per item.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tel.TracerProvider = tp }
+}
+
+// WithMeterProvider sets the OpenTelemetry meter provider (default: the global one).
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(o *options) { o.tel.MeterProvider = mp }
+}
+
+// WithPropagator sets the propagator of trace context into headers (default: W3C trace
+// context and baggage).
+func WithPropagator(p propagation.TextMapPropagator) Option {
+	return func(o *options) { o.tel.Propagator = p }
+}
+
+// WithoutItemSpans turns off the span per item per stage (metrics stay).
+func WithoutItemSpans() Option {
+	return func(o *options) { o.tel.DisableItemSpans = true }
+}
+
+// WithBaggage also puts each item's correlation ID into the baggage of its calls' contexts
+// (off by default: baggage travels with every outgoing call).
+func WithBaggage() Option {
+	return func(o *options) { o.tel.Baggage = true }
+}
+
 // OnDeadLetter sets a hook called after each dead letter is durably written.
 func OnDeadLetter(fn func(dlq.Record)) Option {
 	return func(o *options) { o.onDeadLetter = fn }
@@ -176,6 +209,7 @@ func OnDeadLetter(fn func(dlq.Record)) Option {
 // Pipeline is a built pipeline whose input is In. It holds no running state: each Run is
 // independent, and runs may overlap.
 type Pipeline[In any] struct {
+	tel       *tracing.Telemetry
 	name      string
 	steps     []step
 	opts      options
@@ -222,10 +256,18 @@ func New[In, Out any](name string, f *Flow[In, Out], opts ...Option) (*Pipeline[
 		}
 		return nil, fmt.Errorf("pipeline %q: %w", name, errors.Join(errs...))
 	}
+	o.tel.Pipeline = name
+	tel, err := tracing.New(o.tel)
+	if err != nil {
+		if o.ownSink {
+			_ = o.sink.Close()
+		}
+		return nil, fmt.Errorf("pipeline %q: telemetry: %w", name, err)
+	}
 	if o.sink == nil {
 		o.sink = dlq.NewMemory()
 	}
-	return &Pipeline[In]{name: name, steps: f.steps, opts: o}, nil
+	return &Pipeline[In]{tel: tel, name: name, steps: f.steps, opts: o}, nil
 }
 
 // Name returns the pipeline's name.
@@ -407,6 +449,7 @@ func (p *Pipeline[In]) newRun(ctx context.Context) *run[In] {
 		Failed:     r.failed.Load,
 		Seq:        &atomic.Uint64{},
 		Clock:      core.Clock{Epoch: time.Now()},
+		Tel:        p.tel,
 	}
 	r.nodes = make([]node, len(p.steps))
 	var next any
@@ -436,6 +479,12 @@ func (r *run[In]) start(feed func(ctx context.Context) error) {
 		drainMu.Unlock()
 	})
 
+	unregister, err := r.p.tel.RegisterStages(r.metricSnapshot)
+	if err != nil {
+		r.p.opts.logger.Warn("sluice: metrics not registered", slog.String("error", err.Error()))
+		unregister = func() error { return nil }
+	}
+
 	feedDone := make(chan error, 1)
 	go func() { feedDone <- feed(srcCtx) }()
 
@@ -452,6 +501,7 @@ func (r *run[In]) start(feed func(ctx context.Context) error) {
 		drainMu.Unlock()
 		stopSrc()
 		cancelSrc(nil)
+		_ = unregister()
 		r.cancelWork(nil)
 		j := r.job
 		j.report = j.snapshot()
@@ -463,6 +513,24 @@ func (r *run[In]) start(feed func(ctx context.Context) error) {
 		}
 		close(j.done)
 	}()
+}
+
+// metricSnapshot reads the stages' counters for the metrics callback.
+func (r *run[In]) metricSnapshot() []tracing.StageSnapshot {
+	out := make([]tracing.StageSnapshot, 0, len(r.nodes))
+	for _, n := range r.nodes {
+		st := n.Stats()
+		dl := make(map[string]int64, len(st.DeadLetters))
+		for k, v := range st.DeadLetters {
+			dl[string(k)] = v
+		}
+		out = append(out, tracing.StageSnapshot{
+			Stage: st.Name, In: st.In, Out: st.Out, Succeeded: st.Succeeded, Filtered: st.Filtered,
+			Attempts: st.Attempts, Retries: st.Retries, Returned: st.Returned, Stranded: st.Stranded,
+			DeadLetters: dl, Queued: st.Queued, Capacity: st.Capacity, Busy: st.Busy, Workers: st.Workers,
+		})
+	}
+	return out
 }
 
 // admit is the Admit of a run's source.

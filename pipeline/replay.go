@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicehq/sluice/dlq"
 	"github.com/sluicehq/sluice/internal/core"
+	"github.com/sluicehq/sluice/tracing"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -144,10 +145,16 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 				completed++
 				mu.Unlock()
 			}
-			span, _ := spanContextOf(rec)
 			meta := core.Meta{
 				Key: rec.CorrelationID, Weight: 1, Replays: int32(rec.Replays + 1), Ingress: r.env.Clock.Now(),
-				Tracker: core.NewRoot(ack), X: core.NewExtra(rec.Source, rec.Headers, span),
+				Tracker: core.NewRoot(ack), X: core.NewExtra(rec.Source, rec.Headers, trace.SpanContext{}),
+			}
+			if sc, ok := spanContextOf(rec); ok {
+				// The replayed item starts a new trace that links to its failure.
+				if meta.X == nil {
+					meta.X = &core.Extra{}
+				}
+				meta.X.Link = sc
 			}
 			if meta.Key == "" {
 				meta.Seq = r.env.Seq.Add(1)
@@ -170,6 +177,9 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 
 // spanContextOf returns the trace context of the failure a record describes.
 func spanContextOf(rec dlq.Record) (trace.SpanContext, bool) {
+	if sc, err := tracing.ParseTraceparent(rec.Traceparent); err == nil {
+		return sc, true
+	}
 	tid, err1 := trace.TraceIDFromHex(rec.TraceID)
 	sid, err2 := trace.SpanIDFromHex(rec.SpanID)
 	if err1 != nil || err2 != nil {

@@ -15,6 +15,8 @@ import (
 	"github.com/sluicehq/sluice/internal/core"
 	"github.com/sluicehq/sluice/internal/hist"
 	"github.com/sluicehq/sluice/retry"
+	"github.com/sluicehq/sluice/tracing"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // maxTake is the most items a worker takes from its input at once.
@@ -34,6 +36,8 @@ type Runner[In, Out any] struct {
 	budget *retry.Budget
 	grace  time.Duration
 	take   int // how many items a worker takes at most
+	tel    *tracing.StageTelemetry
+	traced bool // a span per item
 
 	wg      sync.WaitGroup
 	done    chan struct{}
@@ -66,9 +70,11 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 		r.take = s.size
 	}
 	r.budget = retry.NewBudget(r.policy.Budget)
+	r.tel = env.Tel.Stage(s.name)
+	r.traced = env.Tel.TracingEnabled()
 	r.in.Park = func(e core.Envelope[In]) {
 		r.stats.in.Add(1)
-		r.park(e, 0, time.Time{})
+		r.park(e, 0, time.Time{}, nil)
 	}
 	return r
 }
@@ -264,6 +270,7 @@ type worker[In, Out any] struct {
 	cur        []core.Envelope[In]
 	curAttempt int
 	curStart   int64
+	curSpan    trace.Span
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
@@ -398,13 +405,13 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	r.env.Logger.Warn("sluice: abandoned a call that ignores its cancelled context",
 		slog.String("stage", r.s.name), slog.Int("attempt", w.curAttempt), slog.Bool("draining", draining))
 	attempts, first := w.curAttempt, r.env.Clock.Time(w.curStart)
-	for _, e := range w.cur {
+	for i, e := range w.cur {
 		if draining {
-			r.park(e, attempts-1, first)
+			r.park(e, attempts-1, first, spanOnce(w.curSpan, i))
 			continue
 		}
 		err := &TimeoutError{Timeout: r.s.cfg.timeout, Abandoned: true}
-		r.deadLetter(e, dlq.ReasonTimeout, err, attempts, first, "")
+		r.deadLetter(e, dlq.ReasonTimeout, err, attempts, first, "", spanOnce(w.curSpan, i))
 	}
 	r.mu.Lock()
 	r.retired = append(r.retired, w)
@@ -413,7 +420,7 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 		// A batch worker holds nothing beyond the batch in the call.
 		if r.s.kind != KindBatch {
 			for _, e := range w.buf[w.i+1 : w.k] {
-				r.park(e, 0, time.Time{})
+				r.park(e, 0, time.Time{}, nil)
 			}
 			if len(w.out) > 0 {
 				r.next.Push(r.env.Work.Done(), w.out)
@@ -459,7 +466,7 @@ type failure struct {
 // attempts runs call under the stage's policy: per-attempt timeout, panic capture, retries with
 // backoff, and the shutdown rules. items are the inputs the call works on; start is when the
 // worker started on them (on the run's clock).
-func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, call func(ctx context.Context) error) (verdict, failure) {
+func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base context.Context, span trace.Span, call func(ctx context.Context) error) (verdict, failure) {
 	r := w.r
 	var sched retry.Schedule
 	started := false
@@ -472,7 +479,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, call 
 		} else {
 			w.info.set(&core.Meta{}, attempt, r.policy.MaxAttempts)
 		}
-		ctx, cancel := w.ctx, context.CancelFunc(nil)
+		ctx, cancel := base, context.CancelFunc(nil)
 		if r.s.cfg.timeout > 0 {
 			ctx, cancel = context.WithTimeout(ctx, r.s.cfg.timeout)
 		}
@@ -518,6 +525,9 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, call 
 			return vFailed, failure{err: err, reason: reason, attempts: attempt, first: r.env.Clock.Time(start), stack: stack}
 		}
 		inc(&w.c.retries, 1)
+		if span != nil {
+			r.tel.Retry(span, attempt, retry.ErrorType(err), err, delay)
+		}
 		if r.env.Logger.Enabled(context.Background(), slog.LevelDebug) {
 			r.env.Logger.Debug("sluice: retrying", r.itemAttrs(items, attempt, err, slog.Duration("delay", delay))...)
 		}
@@ -560,16 +570,17 @@ func (w *worker[In, Out]) sleep(d time.Duration) bool {
 // clock read would cost more than the call).
 func (w *worker[In, Out]) startTiming() (int64, bool) {
 	w.seq++
-	if w.timeAll || w.seq&15 == 0 {
+	if w.timeAll || w.seq&15 == 0 || w.r.traced {
 		return w.r.env.Clock.Now(), true
 	}
 	return w.takenAt, false
 }
 
-func (w *worker[In, Out]) stopTiming(start int64) {
+func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome string, err error) {
 	d := time.Duration(w.r.env.Clock.Now() - start)
 	w.workH.Record(d)
-	w.timeAll = w.r.s.cfg.timeout > 0 || d >= slowCall
+	w.timeAll = w.r.traced || w.r.s.cfg.timeout > 0 || d >= slowCall
+	w.r.tel.RecordWork(ctx, d, outcome, retry.ErrorType(err))
 }
 
 // handle processes one input of a map, filter, flat-map or sink; false means the worker was
@@ -578,13 +589,21 @@ func (w *worker[In, Out]) handle(i int) bool {
 	r := w.r
 	e := &w.buf[i]
 	if r.env.Work.Err() != nil {
-		r.park(*e, 0, time.Time{})
+		r.park(*e, 0, time.Time{}, nil)
 		return true
 	}
 	start, timed := w.startTiming()
+	var wait time.Duration
 	if timed {
-		w.waitH.Record(time.Duration(start - e.M.Enqueued))
+		wait = time.Duration(start - e.M.Enqueued)
+		w.waitH.Record(wait)
+		r.tel.RecordWait(w.ctx, wait)
 	}
+	base, span := w.ctx, trace.Span(nil)
+	if r.traced {
+		base, span = r.startSpan(w.ctx, &e.M, wait)
+	}
+	w.curSpan = span
 	items := w.buf[i : i+1]
 	var (
 		out  Out
@@ -595,12 +614,12 @@ func (w *worker[In, Out]) handle(i int) bool {
 	var f failure
 	in := e.V // read before the attempt starts: an abandoned call must not touch the buffer
 	if r.s.kind == KindFlatMap {
-		v, f = w.attempts(items, start, func(ctx context.Context) (err error) {
+		v, f = w.attempts(items, start, base, span, func(ctx context.Context) (err error) {
 			outs, err = r.s.many(ctx, in)
 			return err
 		})
 	} else {
-		v, f = w.attempts(items, start, func(ctx context.Context) (err error) {
+		v, f = w.attempts(items, start, base, span, func(ctx context.Context) (err error) {
 			out, keep, err = r.s.one(ctx, in)
 			return err
 		})
@@ -608,28 +627,57 @@ func (w *worker[In, Out]) handle(i int) bool {
 	if v == vAbandoned {
 		return false // the abandoner owns the item now: touch nothing
 	}
-	if timed {
-		w.stopTiming(start)
-	}
-	switch v {
-	case vShutdown:
-		r.park(*e, f.attempts, f.first)
-		return true
-	case vFailed:
-		r.deadLetter(*e, f.reason, f.err, f.attempts, f.first, f.stack)
-		return true
-	}
-	if r.s.kind == KindFlatMap {
-		w.emitMany(e, outs)
-		return true
-	}
-	if !keep {
+	w.curSpan = nil
+	outcome := tracing.OutcomeSucceeded
+	switch {
+	case v == vShutdown:
+		outcome = tracing.OutcomeReturned
+		r.park(*e, f.attempts, f.first, span)
+	case v == vFailed:
+		outcome = tracing.OutcomeDeadLettered
+		r.deadLetter(*e, f.reason, f.err, f.attempts, f.first, f.stack, span)
+	case r.s.kind == KindFlatMap:
+		if len(outs) == 0 {
+			outcome = tracing.OutcomeFiltered
+		}
+		r.endSpan(span, outcome)
+		w.emitMany(e, outs, span)
+	case !keep:
+		outcome = tracing.OutcomeFiltered
+		r.endSpan(span, outcome)
 		w.filtered(e.M)
-		return true
+	default:
+		r.endSpan(span, outcome)
+		inc(&w.c.succeeded, 1)
+		m := e.M
+		if span != nil {
+			m.X = m.X.WithSpan(span.SpanContext())
+		}
+		w.emit(core.Envelope[Out]{V: out, M: m})
 	}
-	inc(&w.c.succeeded, 1)
-	w.emit(core.Envelope[Out]{V: out, M: e.M})
+	if timed {
+		w.stopTiming(start, base, outcome, f.err)
+	}
 	return true
+}
+
+// startSpan starts the span of an item in this stage: the child of its span in the previous
+// stage, linked to the failure it was replayed from.
+func (r *Runner[In, Out]) startSpan(ctx context.Context, m *core.Meta, wait time.Duration) (context.Context, trace.Span) {
+	var links []trace.Link
+	if l := m.Link(); l.IsValid() {
+		links = tracing.Links(nil, l)
+	}
+	return r.tel.Start(ctx, m.Span(), m.CorrelationID(r.env.Prefix), wait, links...)
+}
+
+// endSpan ends a span whose item did not fail (nil-safe).
+func (r *Runner[In, Out]) endSpan(span trace.Span, outcome string) {
+	if span == nil {
+		return
+	}
+	r.tel.Outcome(span, outcome)
+	span.End()
 }
 
 func (w *worker[In, Out]) filtered(m core.Meta) {
@@ -653,7 +701,7 @@ func (w *worker[In, Out]) emit(e core.Envelope[Out]) {
 	}
 }
 
-func (w *worker[In, Out]) emitMany(e *core.Envelope[In], outs []Out) {
+func (w *worker[In, Out]) emitMany(e *core.Envelope[In], outs []Out, span trace.Span) {
 	if len(outs) == 0 {
 		w.filtered(e.M)
 		return
@@ -663,11 +711,16 @@ func (w *worker[In, Out]) emitMany(e *core.Envelope[In], outs []Out) {
 	r.env.Totals.Spawned.Add(int64(len(outs)) - int64(e.M.Weight))
 	tr := e.M.Tracker.Fork(len(outs))
 	parent := e.M.CorrelationID(r.env.Prefix)
+	x := e.M.X
+	if span != nil {
+		x = x.WithSpan(span.SpanContext()) // the outputs continue the input's trace
+	}
 	for i, o := range outs {
 		m := e.M
 		m.Key = parent + "/" + strconv.Itoa(i+1)
 		m.Weight = 1
 		m.Tracker = tr
+		m.X = x
 		w.emit(core.Envelope[Out]{V: o, M: m})
 	}
 }
@@ -707,7 +760,9 @@ func (w *worker[In, Out]) runBatch() bool {
 		w.takenAt = r.env.Clock.Now()
 		inc(&w.c.in, int64(len(items)))
 		for _, e := range items {
-			w.waitH.Record(time.Duration(w.takenAt - e.M.Enqueued))
+			wait := time.Duration(w.takenAt - e.M.Enqueued)
+			w.waitH.Record(wait)
+			r.tel.RecordWait(w.ctx, wait)
 		}
 		if !w.handleBatch(items) {
 			return false
@@ -725,7 +780,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	r := w.r
 	if r.env.Work.Err() != nil {
 		for _, e := range items {
-			r.park(e, 0, time.Time{})
+			r.park(e, 0, time.Time{}, nil)
 		}
 		return true
 	}
@@ -734,29 +789,46 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 		values[i] = items[i].V
 	}
 	start := r.env.Clock.Now()
+	base, span := w.ctx, trace.Span(nil)
+	if r.traced {
+		// A batch's span starts a trace of its own and links to the spans of its items.
+		scs := make([]trace.SpanContext, len(items))
+		for i := range items {
+			scs[i] = items[i].M.Span()
+		}
+		base, span = r.tel.Start(w.ctx, trace.SpanContext{}, "", time.Duration(start-w.takenAt), tracing.Links(nil, scs...)...)
+	}
+	w.curSpan = span
 	var out Out
-	v, f := w.attempts(items, start, func(ctx context.Context) (err error) {
+	v, f := w.attempts(items, start, base, span, func(ctx context.Context) (err error) {
 		out, err = r.s.batch(ctx, values)
 		return err
 	})
 	if v == vAbandoned {
 		return false
 	}
-	w.stopTiming(start)
+	w.curSpan = nil
 	switch v {
 	case vShutdown:
-		for _, e := range items {
-			r.park(e, f.attempts, f.first)
+		w.stopTiming(start, base, tracing.OutcomeReturned, nil)
+		for i, e := range items {
+			r.park(e, f.attempts, f.first, spanOnce(span, i))
 		}
 		return true
 	case vFailed:
-		for _, e := range items {
-			r.deadLetter(e, f.reason, f.err, f.attempts, f.first, f.stack)
+		w.stopTiming(start, base, tracing.OutcomeDeadLettered, f.err)
+		for i, e := range items {
+			r.deadLetter(e, f.reason, f.err, f.attempts, f.first, f.stack, spanOnce(span, i))
 		}
 		return true
 	}
+	w.stopTiming(start, base, tracing.OutcomeSucceeded, nil)
+	r.endSpan(span, tracing.OutcomeSucceeded)
 	inc(&w.c.succeeded, int64(len(items)))
 	m := core.Meta{Seq: r.env.Seq.Add(1), Ingress: items[0].M.Ingress}
+	if span != nil {
+		m.X = (*core.Extra)(nil).WithSpan(span.SpanContext())
+	}
 	trackers := make([]*core.Tracker, 0, len(items))
 	for _, e := range items {
 		m.Weight += e.M.Weight
@@ -775,26 +847,39 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	return true
 }
 
+// spanOnce gives a batch's span to its first item only, so that the span records the failure
+// once and ends once.
+func spanOnce(span trace.Span, i int) trace.Span {
+	if i == 0 {
+		return span
+	}
+	return nil
+}
+
 // park ends an item cut off by a drain: handed back to a source that can redeliver it, or
 // dead-lettered with reason shutdown. attempts counts the attempts that failed before the cut.
-func (r *Runner[In, Out]) park(e core.Envelope[In], attempts int, first time.Time) {
+// span, if not nil, is the item's span in this stage: park records the outcome and ends it.
+func (r *Runner[In, Out]) park(e core.Envelope[In], attempts int, first time.Time, span trace.Span) {
 	if e.M.Tracker != nil && !r.env.Failed() {
 		r.stats.returned.Add(1)
 		r.env.Totals.Returned.Add(int64(e.M.Weight))
 		e.M.Tracker.Done(core.NotDone)
+		r.endSpan(span, tracing.OutcomeReturned)
 		return
 	}
 	if first.IsZero() {
 		first = time.Now()
 	}
-	r.deadLetter(e, dlq.ReasonShutdown, ErrShutdown, attempts, first, "")
+	r.deadLetter(e, dlq.ReasonShutdown, ErrShutdown, attempts, first, "", span)
 }
 
 // deadLetter writes the item's record durably and counts it, or strands the item and fails the
-// run when the record cannot be written.
-func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cause error, attempts int, first time.Time, stack string) {
+// run when the record cannot be written. span, if not nil, is the item's span in this stage:
+// its trace context goes into the record, and deadLetter records the failure on it and ends it.
+func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cause error, attempts int, first time.Time, stack string, span trace.Span) {
 	if r.env.Failed() {
 		r.strand(e)
+		r.endSpan(span, tracing.OutcomeStranded)
 		return
 	}
 	now := time.Now()
@@ -819,8 +904,12 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 	if reason == dlq.ReasonShutdown {
 		rec.ErrorType = "shutdown"
 	}
-	if sc := e.M.Span(); sc.IsValid() {
-		rec.TraceID, rec.SpanID = sc.TraceID().String(), sc.SpanID().String()
+	sc := e.M.Span()
+	if span != nil {
+		sc = span.SpanContext()
+	}
+	if sc.IsValid() {
+		rec.TraceID, rec.SpanID, rec.Traceparent = sc.TraceID().String(), sc.SpanID().String(), tracing.Traceparent(sc)
 	}
 	if b, err := r.s.codec.Encode(e.V); err != nil {
 		rec.Payload = nil
@@ -832,11 +921,16 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 	}
 	if err := r.env.DeadLetter(rec); err != nil {
 		r.strand(e)
+		r.endSpan(span, tracing.OutcomeStranded)
 		r.env.Fail(err)
 		return
 	}
 	r.stats.deadLetters[reasonIndex(reason)].Add(1)
 	r.env.Totals.DeadLettered.Add(int64(e.M.Weight))
+	if span != nil {
+		r.tel.Failed(span, string(reason), rec.ErrorType, cause, attempts)
+		span.End()
+	}
 	e.M.Tracker.Done(core.DeadLettered)
 	level := slog.LevelWarn
 	if reason == dlq.ReasonShutdown {

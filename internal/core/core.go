@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/tracing"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -150,8 +151,10 @@ type Extra struct {
 	// Headers is user metadata carried into dead-letter records.
 	Headers map[string]string
 	// Span is the trace context of the item's span in the previous stage (or of the context it
-	// was submitted with).
+	// was submitted with): the parent of its next span.
 	Span trace.SpanContext
+	// Link is the span of the failure a replayed item comes from: its next span links to it.
+	Link trace.SpanContext
 }
 
 // NewExtra returns an Extra, or nil when it would be empty.
@@ -160,6 +163,23 @@ func NewExtra(source string, headers map[string]string, span trace.SpanContext) 
 		return nil
 	}
 	return &Extra{Source: source, Headers: headers, Span: span}
+}
+
+// WithSpan returns a copy of x (which may be nil) with Span set and Link cleared.
+func (x *Extra) WithSpan(sc trace.SpanContext) *Extra {
+	n := &Extra{Span: sc}
+	if x != nil {
+		n.Source, n.Headers = x.Source, x.Headers
+	}
+	return n
+}
+
+// Link returns the span a replayed item links to.
+func (m *Meta) Link() trace.SpanContext {
+	if m.X == nil {
+		return trace.SpanContext{}
+	}
+	return m.X.Link
 }
 
 // Span returns the trace context carried by the meta.
@@ -250,6 +270,8 @@ type Env struct {
 	Seq *atomic.Uint64
 	// Clock reads the run's monotonic time.
 	Clock Clock
+	// Tel is the run's telemetry (nil: none).
+	Tel *tracing.Telemetry
 	// Grace is how long a call that ignores its cancelled context is waited for before its
 	// worker is abandoned (replaced while running, released during a drain).
 	Grace time.Duration
