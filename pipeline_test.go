@@ -2,8 +2,10 @@ package sluice_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -906,4 +908,81 @@ func TestQueueWaitAndWorkLatency(t *testing.T) {
 		assert.InEpsilon(t, float64(30*time.Millisecond), float64(s.Wait.Max), 0.07, "the 4th item waited for 3 others")
 		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Wait.P50), 0.07)
 	})
+}
+
+// Logs go through the logger option, with the item's correlation ID, the stage and the
+// attempt; Stats gives the live numbers while the run goes on.
+func TestLogsAndLiveStats(t *testing.T) {
+	var buf syncBuffer
+	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	fn := func(ctx context.Context, s string) (string, error) {
+		if s == "hold" {
+			started <- struct{}{}
+			<-release
+			return s, nil
+		}
+		if n, _ := stage.Attempt(ctx); n == 1 {
+			return "", errors.New("first try fails")
+		}
+		return "", retry.Permanent(errors.New("then it is hopeless"))
+	}
+	p, err := pipeline.New("logs", pipeline.Then(pipeline.Input[string](),
+		stage.Map("m", fn, stage.Workers(2), stage.Retry(retry.Policy{MaxAttempts: 3, InitialInterval: time.Millisecond, NoJitter: true}))),
+		pipeline.WithLogger(logger))
+	require.NoError(t, err)
+	push := pipeline.NewPush[string]()
+	job, err := p.Start(context.Background(), push)
+	require.NoError(t, err)
+	require.NoError(t, push.SubmitItem(context.Background(), pipeline.Item[string]{Value: "hold", Key: "k-hold"}))
+	<-started
+	live := job.Stats()
+	assert.EqualValues(t, 1, live.Admitted)
+	assert.EqualValues(t, 1, live.InFlight)
+	assert.Equal(t, 1, live.Stages[0].Busy)
+	require.NoError(t, push.SubmitItem(context.Background(), pipeline.Item[string]{Value: "x", Key: "k-x"}))
+	close(release)
+	push.Close()
+	_, err = job.Wait()
+	require.NoError(t, err)
+
+	out := buf.String()
+	var retryLine, deadLine map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &m), line)
+		switch m["msg"] {
+		case "sluice: retrying":
+			retryLine = m
+		case "sluice: dead-lettered":
+			deadLine = m
+		}
+	}
+	require.NotNil(t, retryLine, out)
+	require.NotNil(t, deadLine, out)
+	for _, m := range []map[string]any{retryLine, deadLine} {
+		assert.Equal(t, "k-x", m["correlation_id"])
+		assert.Equal(t, "m", m["stage"])
+		assert.NotNil(t, m["attempt"])
+	}
+	assert.EqualValues(t, 2, deadLine["attempt"])
+	assert.Equal(t, "permanent", deadLine["reason"])
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

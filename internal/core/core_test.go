@@ -1,0 +1,156 @@
+package core
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func items(vals ...int) []Envelope[int] {
+	out := make([]Envelope[int], len(vals))
+	for i, v := range vals {
+		out[i] = Envelope[int]{V: v}
+	}
+	return out
+}
+
+func TestQueueSlotsBoundWhatTheStageHolds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := NewQueue[int](3, 1, Clock{Epoch: time.Now()})
+		q.AddProducers(1)
+		stop := make(chan struct{})
+		pushed := make(chan bool)
+		go func() { pushed <- q.Push(stop, items(1, 2, 3, 4)) }()
+		synctest.Wait()
+		assert.Equal(t, 3, q.Len(), "three slots: the fourth item waits")
+		buf := make([]Envelope[int], 8)
+		n, ok := q.Pop(buf, 0, nil, nil)
+		require.True(t, ok)
+		assert.Equal(t, 3, n, "one consumer takes its share of a busy queue at once")
+		synctest.Wait()
+		assert.Equal(t, 0, q.Len(), "taking items frees no slot: the stage still holds them")
+		n, ok = q.Pop(buf, 3, nil, nil) // done with the three: their slots come back
+		require.True(t, ok)
+		assert.Equal(t, 1, n)
+		assert.Equal(t, 4, buf[0].V)
+		assert.True(t, <-pushed)
+		q.ProducerDone()
+		_, ok = q.Pop(buf, 1, nil, nil)
+		assert.False(t, ok, "closed and empty")
+	})
+}
+
+func TestQueueFairShareAndOrder(t *testing.T) {
+	q := NewQueue[int](100, 4, Clock{Epoch: time.Now()})
+	q.AddProducers(1)
+	require.True(t, q.Push(nil, items(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)))
+	buf := make([]Envelope[int], 32)
+	n, _ := q.Pop(buf, 0, nil, nil)
+	assert.Equal(t, 3, n, "12 queued, 4 consumers: a share of 3")
+	assert.Equal(t, []int{0, 1, 2}, []int{buf[0].V, buf[1].V, buf[2].V})
+	n, _ = q.Pop(buf[:1], 0, nil, nil)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, 3, buf[0].V, "first in, first out")
+	q.ProducerDone()
+}
+
+func TestQueuePushParksWhenStopped(t *testing.T) {
+	var parked []int
+	q := NewQueue[int](1, 1, Clock{Epoch: time.Now()})
+	q.Park = func(e Envelope[int]) { parked = append(parked, e.V) }
+	stop := make(chan struct{})
+	close(stop)
+	assert.False(t, q.Push(stop, items(1, 2, 3)))
+	assert.Equal(t, []int{2, 3}, parked, "what fits goes in; the rest is parked")
+}
+
+func TestQueueOfferAndTimeouts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := NewQueue[int](1, 1, Clock{Epoch: time.Now()})
+		assert.True(t, q.Offer(Envelope[int]{V: 1}, 0, false, nil, nil))
+		assert.False(t, q.Offer(Envelope[int]{V: 2}, 0, false, nil, nil), "no wait: full fails at once")
+		stop := make(chan struct{})
+		go func() { time.Sleep(time.Second); close(stop) }()
+		start := time.Now()
+		assert.False(t, q.Offer(Envelope[int]{V: 2}, 0, true, stop, nil))
+		assert.Equal(t, time.Second, time.Since(start))
+
+		buf := make([]Envelope[int], 1)
+		n, ok := q.Pop(buf, 0, nil, nil)
+		assert.Equal(t, 1, n)
+		assert.True(t, ok)
+		timer := time.NewTimer(50 * time.Millisecond)
+		n, ok = q.Pop(buf, 0, timer.C, nil)
+		assert.Zero(t, n)
+		assert.True(t, ok, "a timeout is not the end")
+	})
+}
+
+// Many producers and consumers: every item comes out exactly once.
+func TestQueueConcurrent(t *testing.T) {
+	const producers, consumers, each, slots = 4, 3, 2000, 7
+	q := NewQueue[int](slots, consumers, Clock{Epoch: time.Now()})
+	q.AddProducers(producers)
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			defer q.ProducerDone()
+			for i := range each {
+				require.True(t, q.Push(nil, items(p*each+i)))
+			}
+		})
+	}
+	seen := make([]atomic.Int32, producers*each)
+	for range consumers {
+		wg.Go(func() {
+			buf := make([]Envelope[int], 4)
+			release := 0
+			for {
+				n, ok := q.Pop(buf, release, nil, nil)
+				if !ok {
+					return
+				}
+				for _, e := range buf[:n] {
+					seen[e.V].Add(1)
+				}
+				release = n
+			}
+		})
+	}
+	wg.Wait()
+	for i := range seen {
+		require.EqualValues(t, 1, seen[i].Load(), "item %d", i)
+	}
+}
+
+func TestTrackerTree(t *testing.T) {
+	var got []Outcome
+	root := NewRoot(func(o Outcome) { got = append(got, o) })
+	kids := root.Fork(3)
+	kids.Done(Delivered)
+	kids.Done(Filtered)
+	assert.Empty(t, got, "the parent waits for all its children")
+	kids.Done(DeadLettered)
+	assert.Equal(t, []Outcome{DeadLettered}, got, "the most severe outcome wins")
+
+	var a, b []Outcome
+	ra := NewRoot(func(o Outcome) { a = append(a, o) })
+	rb := NewRoot(func(o Outcome) { b = append(b, o) })
+	Group([]*Tracker{ra, nil, rb}).Done(Delivered)
+	assert.Equal(t, []Outcome{Delivered}, a)
+	assert.Equal(t, []Outcome{Delivered}, b)
+	assert.Nil(t, Group([]*Tracker{nil}))
+	assert.Nil(t, NewRoot(nil))
+	var nilT *Tracker
+	nilT.Done(Delivered) // nil-safe
+	assert.Nil(t, nilT.Fork(2))
+	assert.Equal(t, "not-done", NotDone.String())
+}
