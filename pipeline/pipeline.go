@@ -60,14 +60,20 @@ func (e *DeadLetterError) Error() string {
 func (e *DeadLetterError) Unwrap() error { return e.Err }
 
 // Overflow is what ingress does when the first stage's input is full.
-type Overflow uint8
+type Overflow = stage.Overflow
 
-// The overflow policies at ingress.
+// The overflow policies at ingress (see stage.Overflow).
 const (
 	// Block waits for room (the default): backpressure reaches the producer.
-	Block Overflow = iota
+	Block = stage.Block
 	// Reject fails the item at once with ErrQueueFull; it is counted as rejected.
-	Reject
+	Reject = stage.Reject
+	// DropOldest dead-letters the oldest queued item (reason overflow) to make room.
+	DropOldest = stage.DropOldest
+	// DeadLetterNew dead-letters the new item (reason overflow) instead of waiting.
+	DeadLetterNew = stage.DeadLetterNew
+	// CallerRuns has the submitting goroutine run the first stage on the item itself.
+	CallerRuns = stage.CallerRuns
 )
 
 // Defaults of a pipeline built without options.
@@ -164,8 +170,8 @@ func WithLogger(l *slog.Logger) Option {
 // WithOverflow sets the overflow policy at ingress (default Block).
 func WithOverflow(p Overflow) Option {
 	return func(o *options) {
-		if p > Reject {
-			o.errs = append(o.errs, fmt.Errorf("WithOverflow(%d): unknown policy; use Block or Reject", p))
+		if p > CallerRuns {
+			o.errs = append(o.errs, fmt.Errorf("WithOverflow(%d): unknown policy; use Block, Reject, DropOldest, DeadLetterNew or CallerRuns", p))
 			return
 		}
 		o.overflow = p
@@ -552,19 +558,24 @@ func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) 
 	e.M.X = core.NewExtra(it.Source, it.Headers, span)
 	e.M.Tracker = core.NewRoot(it.Ack)
 	t.Admitted.Add(1)
-	if q.Offer(e, e.M.Ingress, r.p.opts.overflow == Block, srcCtx.Done(), itemDone) {
+	policy, callerRuns := r.p.opts.overflow.Queue()
+	switch q.Offer(e, e.M.Ingress, policy, srcCtx.Done(), itemDone) {
+	case core.Admitted, core.Evicted:
 		return nil
-	}
-	t.Admitted.Add(-1)
-	switch {
-	case r.p.opts.overflow == Reject && srcCtx.Err() == nil:
+	case core.Full:
+		if callerRuns {
+			q.Inline(e)
+			return nil
+		}
+		t.Admitted.Add(-1)
 		t.Rejected.Add(1)
 		return ErrQueueFull
-	case srcCtx.Err() != nil:
-		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
-	default:
-		return it.Context.Err()
 	}
+	t.Admitted.Add(-1)
+	if srcCtx.Err() != nil {
+		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
+	}
+	return it.Context.Err()
 }
 
 func (r *run[In]) fail(err error) {

@@ -55,3 +55,15 @@ func (e *TimeoutError) ErrorType() string { return "timeout" }
 
 // Unwrap returns the function's error.
 func (e *TimeoutError) Unwrap() error { return e.Err }
+
+// ErrOverflow is the error of an item dead-lettered by an overflow policy (reason overflow).
+var ErrOverflow error = overflowError{}
+
+type overflowError struct{}
+
+func (overflowError) Error() string {
+	return "sluice: the input was full; the item was dead-lettered under the overflow policy"
+}
+
+// ErrorType implements retry.ErrorTyper.
+func (overflowError) ErrorType() string { return "overflow" }

@@ -44,6 +44,8 @@ type Runner[In, Out any] struct {
 	mu      sync.Mutex
 	workers []*worker[In, Out]
 	retired []*worker[In, Out] // abandoned workers, kept for their counters and histograms
+	inline  []*worker[In, Out] // workers lent to callers that run the stage themselves
+	free    []*worker[In, Out] // the inline workers not in use
 	stats   counters
 }
 
@@ -76,6 +78,12 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 		r.stats.in.Add(1)
 		r.park(e, 0, time.Time{}, nil)
 	}
+	r.in.Evict = func(e core.Envelope[In]) {
+		r.stats.in.Add(1)
+		r.deadLetter(e, dlq.ReasonOverflow, ErrOverflow, 0, time.Now(), "", nil)
+	}
+	r.in.Policy, _ = s.cfg.overflow.Queue()
+	r.in.Inline = r.runInline
 	return r
 }
 
@@ -179,6 +187,9 @@ func (r *Runner[In, Out]) Stats() Stats {
 	for _, w := range r.retired {
 		add(w)
 	}
+	for _, w := range r.inline {
+		add(w)
+	}
 	r.mu.Unlock()
 	st.Wait, st.Work = latency(&wait), latency(&work)
 	return st
@@ -188,7 +199,7 @@ func (r *Runner[In, Out]) Stats() Stats {
 func (r *Runner[In, Out]) Units() (delivered, filtered int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, ws := range [][]*worker[In, Out]{r.workers, r.retired} {
+	for _, ws := range [][]*worker[In, Out]{r.workers, r.retired, r.inline} {
 		for _, w := range ws {
 			delivered += w.c.deliveredUnits.Load()
 			filtered += w.c.filteredUnits.Load()
@@ -227,7 +238,7 @@ func (r *Runner[In, Out]) Inject(ctx context.Context, rec *dlq.Record, meta core
 	if err != nil {
 		return err
 	}
-	if !r.in.Offer(core.Envelope[In]{V: v, M: meta}, r.env.Clock.Now(), true, ctx.Done(), nil) {
+	if r.in.Offer(core.Envelope[In]{V: v, M: meta}, r.env.Clock.Now(), core.OverflowBlock, ctx.Done(), nil) != core.Admitted {
 		return context.Cause(ctx)
 	}
 	return nil
@@ -264,6 +275,8 @@ type worker[In, Out any] struct {
 	takenAt int64
 	// resume is set on a worker that replaces an abandoned one: it finishes buf[i+1:k] first.
 	resume bool
+	// inline is set on a worker lent to a caller that runs the stage itself.
+	inline bool
 
 	// The item or batch in an attempt, for the goroutine that abandons the worker. Written
 	// before the attempt starts (published by the state store), read after a winning CAS.
@@ -286,6 +299,30 @@ func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
 		w.timeAll = true
 	}
 	return w
+}
+
+// runInline runs the stage on one item in the caller's goroutine (the CallerRuns overflow
+// policy at ingress), with a worker of its own, and passes the output on.
+func (r *Runner[In, Out]) runInline(e core.Envelope[In]) {
+	r.mu.Lock()
+	var w *worker[In, Out]
+	if n := len(r.free); n > 0 {
+		w, r.free = r.free[n-1], r.free[:n-1]
+	} else {
+		w = r.newWorker()
+		w.inline = true
+		r.inline = append(r.inline, w)
+	}
+	r.mu.Unlock()
+	w.buf[0], w.k = e, 1
+	w.takenAt = r.env.Clock.Now()
+	inc(&w.c.in, 1)
+	if !w.work(0) {
+		return // abandoned: the caller stays in the call; the item was dead-lettered
+	}
+	r.mu.Lock()
+	r.free = append(r.free, w)
+	r.mu.Unlock()
 }
 
 // exit is the end of a worker that was not abandoned (or whose abandonment released it).
@@ -412,6 +449,9 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 		}
 		err := &TimeoutError{Timeout: r.s.cfg.timeout, Abandoned: true}
 		r.deadLetter(e, dlq.ReasonTimeout, err, attempts, first, "", spanOnce(w.curSpan, i))
+	}
+	if w.inline {
+		return // the caller's goroutine is stuck in the call; the pool is unaffected
 	}
 	r.mu.Lock()
 	r.retired = append(r.retired, w)

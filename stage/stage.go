@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/core"
 	"github.com/sluicehq/sluice/retry"
 )
 
@@ -81,8 +82,63 @@ func (JSONCodec[T]) Decode(b []byte) (T, error) {
 // JSON implements Codec.
 func (JSONCodec[T]) JSON() bool { return true }
 
+// Overflow is what happens to an item that arrives at a full input: at a pipeline's ingress
+// (pipeline.WithOverflow) or at a stage's input (OnOverflow).
+type Overflow uint8
+
+// The overflow policies.
+const (
+	// Block waits for room (the default): backpressure reaches the producer.
+	Block Overflow = iota
+	// Reject fails the item at once with pipeline.ErrQueueFull (ingress only); it is counted as
+	// rejected and the caller keeps it.
+	Reject
+	// DropOldest dead-letters the oldest queued item with reason overflow to make room (it is
+	// counted and replayable, not lost). When every slot is held by a worker, it waits.
+	DropOldest
+	// DeadLetterNew dead-letters the new item with reason overflow instead of waiting.
+	DeadLetterNew
+	// CallerRuns has the submitting goroutine run the first stage on the item itself, which
+	// throttles the producer (ingress only).
+	CallerRuns
+)
+
+// String returns the policy's name.
+func (o Overflow) String() string {
+	switch o {
+	case Block:
+		return "block"
+	case Reject:
+		return "reject"
+	case DropOldest:
+		return "drop-oldest"
+	case DeadLetterNew:
+		return "dead-letter-new"
+	case CallerRuns:
+		return "caller-runs"
+	}
+	return fmt.Sprintf("overflow(%d)", int(o))
+}
+
+// Queue returns the queue's policy for a push, and whether the caller runs the stage itself
+// when the queue is full. It is used by package pipeline.
+func (o Overflow) Queue() (policy core.Overflow, callerRuns bool) {
+	switch o {
+	case Reject:
+		return core.OverflowReject, false
+	case DropOldest:
+		return core.OverflowDropOldest, false
+	case DeadLetterNew:
+		return core.OverflowDeadLetter, false
+	case CallerRuns:
+		return core.OverflowReject, true
+	}
+	return core.OverflowBlock, false
+}
+
 // config is the stage's options.
 type config struct {
+	overflow Overflow
 	workers  int
 	capacity int
 	timeout  time.Duration
@@ -153,6 +209,20 @@ func Retry(p retry.Policy) Option {
 			return
 		}
 		c.policy = p
+	}
+}
+
+// OnOverflow sets what happens to an item that arrives when the stage's input is full: Block
+// (the default), DropOldest or DeadLetterNew. Reject and CallerRuns apply at a pipeline's
+// ingress only.
+func OnOverflow(p Overflow) Option {
+	return func(c *config) {
+		switch p {
+		case Block, DropOldest, DeadLetterNew:
+			c.overflow = p
+		default:
+			c.errs = append(c.errs, fmt.Errorf("OnOverflow(%v): a stage's input takes Block, DropOldest or DeadLetterNew; Reject and CallerRuns apply at ingress (pipeline.WithOverflow)", p))
+		}
 	}
 }
 

@@ -75,12 +75,12 @@ func TestQueuePushParksWhenStopped(t *testing.T) {
 func TestQueueOfferAndTimeouts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		q := NewQueue[int](1, 1, Clock{Epoch: time.Now()})
-		assert.True(t, q.Offer(Envelope[int]{V: 1}, 0, false, nil, nil))
-		assert.False(t, q.Offer(Envelope[int]{V: 2}, 0, false, nil, nil), "no wait: full fails at once")
+		assert.Equal(t, Admitted, q.Offer(Envelope[int]{V: 1}, 0, OverflowReject, nil, nil))
+		assert.Equal(t, Full, q.Offer(Envelope[int]{V: 2}, 0, OverflowReject, nil, nil), "reject: full fails at once")
 		stop := make(chan struct{})
 		go func() { time.Sleep(time.Second); close(stop) }()
 		start := time.Now()
-		assert.False(t, q.Offer(Envelope[int]{V: 2}, 0, true, stop, nil))
+		assert.Equal(t, Stopped, q.Offer(Envelope[int]{V: 2}, 0, OverflowBlock, stop, nil))
 		assert.Equal(t, time.Second, time.Since(start))
 
 		buf := make([]Envelope[int], 1)
@@ -153,4 +153,41 @@ func TestTrackerTree(t *testing.T) {
 	nilT.Done(Delivered) // nil-safe
 	assert.Nil(t, nilT.Fork(2))
 	assert.Equal(t, "not-done", NotDone.String())
+}
+
+func TestQueueOverflowPolicies(t *testing.T) {
+	newQ := func(policy Overflow) (*Queue[int], *[]int) {
+		var evicted []int
+		q := NewQueue[int](2, 1, Clock{Epoch: time.Now()})
+		q.Policy = policy
+		q.Evict = func(e Envelope[int]) { evicted = append(evicted, e.V) }
+		return q, &evicted
+	}
+	q, ev := newQ(OverflowDropOldest)
+	require.True(t, q.Push(nil, items(1, 2, 3, 4)))
+	assert.Equal(t, []int{1, 2}, *ev, "the oldest queued items make room")
+	buf := make([]Envelope[int], 2)
+	n, _ := q.Pop(buf, 0, nil, nil)
+	assert.Equal(t, []int{3, 4}, []int{buf[0].V, buf[1].V}[:n])
+
+	q, ev = newQ(OverflowDeadLetter)
+	require.True(t, q.Push(nil, items(1, 2, 3)))
+	assert.Equal(t, []int{3}, *ev, "the new item is dead-lettered")
+	assert.Equal(t, Evicted, q.Offer(Envelope[int]{V: 9}, 0, OverflowDeadLetter, nil, nil))
+	assert.Equal(t, []int{3, 9}, *ev)
+
+	// Drop-oldest waits when every slot is held by a worker: there is nothing queued to drop.
+	synctest.Test(t, func(t *testing.T) {
+		q, ev := newQ(OverflowDropOldest)
+		require.True(t, q.Push(nil, items(1, 2)))
+		buf := make([]Envelope[int], 2)
+		n, _ := q.Pop(buf, 0, nil, nil)
+		require.Equal(t, 2, n)
+		done := make(chan bool)
+		go func() { done <- q.Push(nil, items(3)) }()
+		synctest.Wait()
+		assert.Empty(t, *ev)
+		q.Release(1)
+		assert.True(t, <-done)
+	})
 }

@@ -32,6 +32,12 @@ type Queue[T any] struct {
 	// Park dead-letters an item for the queue's stage (reason shutdown) or hands it back to its
 	// source, when it cannot be put in because the run is stopping.
 	Park func(e Envelope[T])
+	// Evict dead-letters an item for the queue's stage with reason overflow.
+	Evict func(e Envelope[T])
+	// Inline runs the queue's stage on one item in the caller's goroutine (caller-runs).
+	Inline func(e Envelope[T])
+	// Policy is the overflow policy of Push.
+	Policy Overflow
 }
 
 // NewQueue returns a queue of slots slots, drained by consumers workers.
@@ -96,72 +102,127 @@ func (q *Queue[T]) put(items []Envelope[T], now int64) int {
 	return k
 }
 
-// Push puts items into the queue, waiting for free slots. If stop ends first, the items not
-// yet in are parked and Push returns false.
-func (q *Queue[T]) Push(stop <-chan struct{}, items []Envelope[T]) bool {
-	now := q.clock.Now()
+// Overflow is what a push does when the queue has no free slot.
+type Overflow uint8
+
+// The overflow policies.
+const (
+	// OverflowBlock waits for a free slot.
+	OverflowBlock Overflow = iota
+	// OverflowReject fails at once.
+	OverflowReject
+	// OverflowDropOldest evicts the oldest queued item (to be dead-lettered) to make room, and
+	// waits only when every slot is held by a worker.
+	OverflowDropOldest
+	// OverflowDeadLetter evicts the new item (to be dead-lettered) instead of waiting.
+	OverflowDeadLetter
+)
+
+// insert puts items in per policy. It returns how many went in; the items evicted (old queued
+// ones, or new ones), which the caller hands to Evict outside the lock; and stopped when stop1
+// or stop2 ended while it waited (items[n:] were not put in).
+func (q *Queue[T]) insert(items []Envelope[T], now int64, policy Overflow, stop1, stop2 <-chan struct{}) (n int, evicted []Envelope[T], stopped bool) {
 	q.mu.Lock()
 	for len(items) > 0 {
 		if q.free > 0 {
-			items = items[q.put(items, now):]
+			k := q.put(items, now)
+			items, n = items[k:], n+k
 			continue
 		}
-		q.prodWait++
-		q.mu.Unlock()
-		select {
-		case <-q.notFull:
-		case <-stop:
-			q.mu.Lock()
-			q.prodWait--
-			if q.free > 0 && q.prodWait > 0 {
-				signal(q.notFull)
-			}
+		switch policy {
+		case OverflowReject:
 			q.mu.Unlock()
-			for _, e := range items {
-				q.Park(e)
-			}
-			return false
-		}
-		q.mu.Lock()
-		q.prodWait--
-	}
-	q.mu.Unlock()
-	return true
-}
-
-// Offer puts one item into the queue, enqueued at now (on the run's clock). With wait false it
-// fails at once when no slot is free; otherwise it waits for a slot until stop1 or stop2 ends
-// (then the item is not put in, and not parked: the caller still owns it).
-func (q *Queue[T]) Offer(e Envelope[T], now int64, wait bool, stop1, stop2 <-chan struct{}) bool {
-	one := [1]Envelope[T]{e}
-	q.mu.Lock()
-	for q.free == 0 {
-		if !wait {
+			return n, evicted, false
+		case OverflowDeadLetter:
+			evicted = append(evicted, items...)
 			q.mu.Unlock()
-			return false
+			return n, evicted, false
+		case OverflowDropOldest:
+			if q.n > 0 {
+				evicted = append(evicted, q.ring[q.head])
+				q.ring[q.head] = Envelope[T]{}
+				if q.head++; q.head == len(q.ring) {
+					q.head = 0
+				}
+				q.n--
+				q.free++
+				q.queued.Store(int64(q.n))
+				continue
+			}
 		}
 		q.prodWait++
 		q.mu.Unlock()
-		var ok bool
+		woken := false
 		select {
 		case <-q.notFull:
-			ok = true
+			woken = true
 		case <-stop1:
 		case <-stop2:
 		}
 		q.mu.Lock()
 		q.prodWait--
-		if !ok {
+		if !woken {
 			if q.free > 0 && q.prodWait > 0 {
 				signal(q.notFull)
 			}
 			q.mu.Unlock()
-			return false
+			return n, evicted, true
 		}
 	}
-	q.put(one[:], now)
 	q.mu.Unlock()
+	return n, evicted, false
+}
+
+func (q *Queue[T]) evict(items []Envelope[T]) {
+	for _, e := range items {
+		q.Evict(e)
+	}
+}
+
+// Push puts items into the queue under the queue's own overflow policy (Policy), waiting for
+// free slots when it blocks. If stop ends first, the items not yet in are parked and Push
+// returns false.
+func (q *Queue[T]) Push(stop <-chan struct{}, items []Envelope[T]) bool {
+	n, evicted, stopped := q.insert(items, q.clock.Now(), q.Policy, stop, nil)
+	q.evict(evicted)
+	if stopped {
+		for _, e := range items[n:] {
+			q.Park(e)
+		}
+		return false
+	}
 	return true
+}
+
+// OfferResult says what became of an offered item.
+type OfferResult uint8
+
+// The results of Offer.
+const (
+	// Admitted: the item is in the queue.
+	Admitted OfferResult = iota
+	// Full: no slot was free and the policy does not wait (the caller still owns the item).
+	Full
+	// Stopped: a stop channel ended while waiting (the caller still owns the item).
+	Stopped
+	// Evicted: the item was taken and dead-lettered (OverflowDeadLetter).
+	Evicted
+)
+
+// Offer puts one item into the queue, enqueued at now (on the run's clock), under policy.
+func (q *Queue[T]) Offer(e Envelope[T], now int64, policy Overflow, stop1, stop2 <-chan struct{}) OfferResult {
+	one := [1]Envelope[T]{e}
+	n, evicted, stopped := q.insert(one[:], now, policy, stop1, stop2)
+	q.evict(evicted)
+	switch {
+	case n == 1:
+		return Admitted
+	case stopped:
+		return Stopped
+	case policy == OverflowDeadLetter:
+		return Evicted
+	}
+	return Full
 }
 
 // Release gives back n slots of items the stage is done with.
