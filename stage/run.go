@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -46,7 +47,9 @@ type Runner[In, Out any] struct {
 	retired []*worker[In, Out] // abandoned workers, kept for their counters and histograms
 	inline  []*worker[In, Out] // workers lent to callers that run the stage themselves
 	free    []*worker[In, Out] // the inline workers not in use
+	live    int                // pool workers that have not exited (under mu)
 	stats   counters
+	resizes atomic.Int64
 }
 
 // Slots returns how many items the stage holds at most, queued or in its workers' hands:
@@ -104,23 +107,38 @@ func (r *Runner[In, Out]) Done() <-chan struct{} { return r.done }
 
 // Start launches the stage's workers. Each worker exits when the input is closed and empty.
 func (r *Runner[In, Out]) Start() {
-	if r.next != nil {
-		r.next.AddProducers(r.s.cfg.workers)
+	n := r.s.cfg.workers
+	if a := r.s.cfg.autoscale; a != nil {
+		n = a.min
 	}
-	r.wg.Add(r.s.cfg.workers)
 	r.mu.Lock()
-	for range r.s.cfg.workers {
-		w := r.newWorker()
-		r.workers = append(r.workers, w)
-		go w.run()
-	}
+	r.spawn(n)
 	r.mu.Unlock()
 	stop := context.AfterFunc(r.env.Work, r.drainWatch)
+	if r.s.cfg.autoscale != nil {
+		go r.control()
+	}
 	go func() {
 		r.wg.Wait()
 		stop()
 		close(r.done)
 	}()
+}
+
+// spawn adds n workers to the pool; the caller holds r.mu, and the pool is not over (at the
+// start, or while a worker is live, so the wait group and the next queue's producers are
+// still counting).
+func (r *Runner[In, Out]) spawn(n int) {
+	if r.next != nil {
+		r.next.AddProducers(n)
+	}
+	r.wg.Add(n)
+	r.live += n
+	for range n {
+		w := r.newWorker()
+		r.workers = append(r.workers, w)
+		go w.run()
+	}
 }
 
 // drainWatch runs when the run's work context ends: calls still running a grace period later
@@ -148,7 +166,6 @@ func (r *Runner[In, Out]) Stats() Stats {
 	st := Stats{
 		Name:     r.s.name,
 		Kind:     r.s.kind,
-		Workers:  r.s.cfg.workers,
 		Capacity: r.s.cfg.capacity,
 		Queued:   r.in.Len(),
 
@@ -178,6 +195,8 @@ func (r *Runner[In, Out]) Stats() Stats {
 		work.Add(&w.workH)
 	}
 	r.mu.Lock()
+	st.Workers = len(r.workers)
+	st.Resizes = r.resizes.Load()
 	for _, w := range r.workers {
 		if w.state.Load()&stateMask == stRunning {
 			st.Busy++
@@ -277,6 +296,9 @@ type worker[In, Out any] struct {
 	resume bool
 	// inline is set on a worker lent to a caller that runs the stage itself.
 	inline bool
+	// quit is closed to retire the worker (autoscaling); retiring is set with it, under r.mu.
+	quit     chan struct{}
+	retiring bool
 
 	// The item or batch in an attempt, for the goroutine that abandons the worker. Written
 	// before the attempt starts (published by the state store), read after a winning CAS.
@@ -296,7 +318,10 @@ func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
 	if r.s.cfg.timeout > 0 {
 		w.watch = time.AfterFunc(time.Hour, w.watchdog)
 		w.watch.Stop()
-		w.timeAll = true
+	}
+	w.timeAll = r.s.cfg.timeout > 0 || r.s.cfg.autoscale != nil
+	if r.s.cfg.autoscale != nil {
+		w.quit = make(chan struct{})
 	}
 	return w
 }
@@ -325,8 +350,16 @@ func (r *Runner[In, Out]) runInline(e core.Envelope[In]) {
 	r.mu.Unlock()
 }
 
-// exit is the end of a worker that was not abandoned (or whose abandonment released it).
-func (r *Runner[In, Out]) exit() {
+// exit is the end of a worker that was not abandoned (or whose abandonment released it). A
+// worker retired by the autoscaler leaves the pool's list.
+func (r *Runner[In, Out]) exit(w *worker[In, Out]) {
+	r.mu.Lock()
+	r.live--
+	if w.retiring {
+		r.workers = slices.DeleteFunc(r.workers, func(x *worker[In, Out]) bool { return x == w })
+		r.retired = append(r.retired, w)
+	}
+	r.mu.Unlock()
 	if r.next != nil {
 		r.next.ProducerDone()
 	}
@@ -337,7 +370,7 @@ func (w *worker[In, Out]) run() {
 	r := w.r
 	if r.s.kind == KindBatch {
 		if w.runBatch() {
-			r.exit()
+			r.exit(w)
 		}
 		return
 	}
@@ -349,9 +382,10 @@ func (w *worker[In, Out]) run() {
 		release = w.k
 	}
 	for {
-		k, ok := r.in.Pop(w.buf, release, nil, nil)
-		if !ok {
-			break
+		k, ok := r.in.Pop(w.buf, release, nil, w.quit)
+		if !ok || k == 0 {
+			release = 0
+			break // the end of the input, or retired by the autoscaler
 		}
 		w.k = k
 		w.takenAt = r.env.Clock.Now()
@@ -361,8 +395,7 @@ func (w *worker[In, Out]) run() {
 		}
 		release = k
 	}
-	r.in.Release(release)
-	r.exit()
+	r.exit(w)
 }
 
 // work processes buf[from:k], then pushes the outputs on; false means the worker was
@@ -468,7 +501,7 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 		}
 		r.in.Release(w.k)
 		if draining {
-			r.exit()
+			r.exit(w)
 			return
 		}
 	}
@@ -619,7 +652,9 @@ func (w *worker[In, Out]) startTiming() (int64, bool) {
 func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome string, err error) {
 	d := time.Duration(w.r.env.Clock.Now() - start)
 	w.workH.Record(d)
-	w.timeAll = w.r.traced || w.r.s.cfg.timeout > 0 || d >= slowCall
+	inc(&w.c.workNs, int64(d))
+	inc(&w.c.timed, 1)
+	w.timeAll = w.r.traced || w.r.s.cfg.timeout > 0 || w.r.s.cfg.autoscale != nil || d >= slowCall
 	w.r.tel.RecordWork(ctx, d, outcome, retry.ErrorType(err))
 }
 
@@ -775,10 +810,9 @@ func (w *worker[In, Out]) runBatch() bool {
 	items := make([]core.Envelope[In], 0, r.s.size)
 	release := 0
 	for {
-		n, ok := r.in.Pop(w.buf, release, nil, nil)
-		if !ok {
-			r.in.Release(release)
-			return true
+		n, ok := r.in.Pop(w.buf, release, nil, w.quit)
+		if !ok || n == 0 {
+			return true // the end of the input, or retired by the autoscaler (Pop gave the slots back)
 		}
 		items = append(items[:0], w.buf[:n]...)
 		closed := false

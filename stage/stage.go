@@ -138,7 +138,8 @@ func (o Overflow) Queue() (policy core.Overflow, callerRuns bool) {
 
 // config is the stage's options.
 type config struct {
-	overflow Overflow
+	autoscale *autoscale
+	overflow  Overflow
 	workers  int
 	capacity int
 	timeout  time.Duration

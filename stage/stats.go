@@ -28,6 +28,7 @@ type Stats struct {
 	Returned     int64 `json:"returned"`      // inputs handed back unacknowledged to their source by a drain
 	Stranded     int64 `json:"stranded"`      // inputs left without a terminal state because the run failed
 	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation
+	Resizes      int64 `json:"resizes"`       // pool resizes by the autoscaler
 
 	DeadLetters map[dlq.Reason]int64 `json:"dead_letters"` // dead letters by reason
 
@@ -72,6 +73,8 @@ type counters struct {
 // with no contention between workers; Stats adds them up.
 type wcounters struct {
 	in, out, succeeded, filtered, attempts, retries atomic.Int64
+	// Work time of the timed items, for the autoscaler's service time.
+	workNs, timed atomic.Int64
 	// Source units the worker delivered (last stage) or filtered.
 	deliveredUnits, filteredUnits atomic.Int64
 }

@@ -26,6 +26,7 @@ type Queue[T any] struct {
 
 	producers atomic.Int64
 	queued    atomic.Int64
+	pushed    atomic.Int64
 	consumers int
 	clock     Clock
 
@@ -58,6 +59,9 @@ func signal(c chan struct{}) {
 	default:
 	}
 }
+
+// Pushed returns how many items were ever put into the queue.
+func (q *Queue[T]) Pushed() int64 { return q.pushed.Load() }
 
 // Len returns the number of items queued (not yet taken by a worker).
 func (q *Queue[T]) Len() int { return int(q.queued.Load()) }
@@ -93,6 +97,7 @@ func (q *Queue[T]) put(items []Envelope[T], now int64) int {
 	q.n += k
 	q.free -= k
 	q.queued.Store(int64(q.n))
+	q.pushed.Store(q.pushed.Load() + int64(k)) // under the lock
 	if q.consWait > 0 {
 		signal(q.notEmpty)
 	}

@@ -1,0 +1,113 @@
+package sluice_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/stage"
+)
+
+// An autoscaled pool follows a dependency whose latency steps from 1ms to 20ms and back, with
+// items arriving at 1,000/s: it grows to about the Little's-law size (1,000/s × 20ms = 20
+// workers) within a few controller windows and shrinks back after the step, counted in
+// windows on the fake clock. No item is lost or duplicated on the way.
+func TestAutoscaleFollowsLatencyStep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const window = 100 * time.Millisecond
+		var latency atomic.Int64
+		latency.Store(int64(time.Millisecond))
+		var done atomic.Int64
+		call := stage.Map("call", func(_ context.Context, n int) (int, error) {
+			time.Sleep(time.Duration(latency.Load()))
+			done.Add(1)
+			return n, nil
+		}, stage.Autoscale(1, 64, stage.AutoscaleConfig{Window: window}))
+		p, err := pipeline.New("scale", pipeline.Then(pipeline.Input[int](), call))
+		require.NoError(t, err)
+		push := pipeline.NewPush[int]()
+		job, err := p.Start(context.Background(), push)
+		require.NoError(t, err)
+
+		var stop atomic.Bool
+		submitted := 0
+		produced := make(chan struct{})
+		go func() {
+			defer close(produced)
+			for !stop.Load() {
+				require.NoError(t, push.Submit(context.Background(), submitted))
+				submitted++
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		workers := func() int { return job.Stats().Stages[0].Workers }
+		// Sample just after each controller tick.
+		time.Sleep(window / 2)
+		windows := func(n int, each func(i, w int)) {
+			for i := range n {
+				time.Sleep(window)
+				each(i, workers())
+			}
+		}
+
+		windows(10, func(int, int) {})
+		assert.LessOrEqual(t, workers(), 3, "1,000/s × 1ms needs about one worker")
+
+		latency.Store(int64(20 * time.Millisecond))
+		reached := -1
+		var phase2 []int
+		windows(20, func(i, w int) {
+			phase2 = append(phase2, w)
+			if reached < 0 && w >= 20 {
+				reached = i + 1
+			}
+		})
+		require.GreaterOrEqual(t, reached, 1, "never reached 20 workers: %v", phase2)
+		assert.LessOrEqual(t, reached, 3, "windows to reach the Little's-law size: %v", phase2)
+		last := phase2[len(phase2)-1]
+		assert.GreaterOrEqual(t, last, 20, "sizes per window: %v", phase2)
+		assert.LessOrEqual(t, last, 28, "settles near 1,000/s × 20ms ÷ 0.8 = 25: %v", phase2)
+
+		latency.Store(int64(time.Millisecond))
+		var phase3 []int
+		windows(20, func(_, w int) { phase3 = append(phase3, w) })
+		assert.LessOrEqual(t, phase3[len(phase3)-1], 4, "shrinks back after the step: %v", phase3)
+		for i := 1; i < len(phase3); i++ {
+			assert.LessOrEqual(t, phase3[i], phase3[i-1], "no thrashing while the load is steady: %v", phase3)
+		}
+
+		t.Logf("workers per window after the step up: %v; after the step down: %v", phase2, phase3)
+		stop.Store(true)
+		<-produced
+		push.Close()
+		report, err := job.Wait()
+		require.NoError(t, err)
+		assert.EqualValues(t, submitted, report.Delivered)
+		assert.EqualValues(t, submitted, done.Load(), "each item processed exactly once")
+		assert.Positive(t, report.Stages[0].Resizes)
+		requireBalanced(t, report)
+	})
+}
+
+func TestAutoscaleBadConfig(t *testing.T) {
+	id := func(_ context.Context, n int) (int, error) { return n, nil }
+	for _, c := range []struct {
+		min, max int
+		cfg      stage.AutoscaleConfig
+		want     string
+	}{
+		{0, 4, stage.AutoscaleConfig{}, "min 0"},
+		{4, 2, stage.AutoscaleConfig{}, "below min"},
+		{1, 2, stage.AutoscaleConfig{TargetUtilization: 2}, "TargetUtilization"},
+	} {
+		s := stage.Map("m", id, stage.Autoscale(c.min, c.max, c.cfg))
+		require.Error(t, s.Err())
+		assert.Contains(t, s.Err().Error(), c.want)
+	}
+}
