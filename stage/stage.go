@@ -140,13 +140,13 @@ func (o Overflow) Queue() (policy core.Overflow, callerRuns bool) {
 type config struct {
 	autoscale *autoscale
 	overflow  Overflow
-	workers  int
-	capacity int
-	timeout  time.Duration
-	grace    time.Duration
-	policy   retry.Policy
-	codec    any
-	errs     []error
+	workers   int
+	capacity  int
+	timeout   time.Duration
+	grace     time.Duration
+	policy    retry.Policy
+	codec     any
+	errs      []error
 }
 
 // Option configures a stage.
