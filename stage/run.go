@@ -39,6 +39,7 @@ type Runner[In, Out any] struct {
 	take   int // how many items a worker takes at most
 	tel    *tracing.StageTelemetry
 	traced bool // a span per item
+	guards guards[In]
 
 	wg      sync.WaitGroup
 	done    chan struct{}
@@ -75,6 +76,7 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 		r.take = s.size
 	}
 	r.budget = retry.NewBudget(r.policy.Budget)
+	r.newGuards()
 	r.tel = env.Tel.Stage(s.name)
 	r.traced = env.Tel.TracingEnabled()
 	r.in.Park = func(e core.Envelope[In]) {
@@ -197,6 +199,7 @@ func (r *Runner[In, Out]) Stats() Stats {
 	r.mu.Lock()
 	st.Workers = len(r.workers)
 	st.Resizes = r.resizes.Load()
+	st.CircuitOpens = r.stats.circuitOpens.Load()
 	for _, w := range r.workers {
 		if w.state.Load()&stateMask == stRunning {
 			st.Busy++
@@ -556,14 +559,32 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		if r.s.cfg.timeout > 0 {
 			ctx, cancel = context.WithTimeout(ctx, r.s.cfg.timeout)
 		}
-		s := w.begin(items, attempt, start)
+		if !r.guards.wait(r.env.Work, items) {
+			if cancel != nil {
+				cancel()
+			}
+			return vShutdown, failure{attempts: attempt - 1, first: r.env.Clock.Time(start)}
+		}
+		br := r.guards.breakerFor(items)
 		var err error
-		w.catch.Try(func() { err = call(ctx) })
+		if br != nil {
+			err = br.Allow()
+		}
+		s := w.begin(items, attempt, start)
+		allowed := err == nil
+		if allowed {
+			w.catch.Try(func() { err = call(ctx) })
+		} else if span != nil {
+			span.AddEvent("circuit_open")
+		}
 		timedOut := cancel != nil && ctx.Err() == context.DeadlineExceeded
 		if cancel != nil {
 			cancel()
 		}
 		if !w.end(s) {
+			if br != nil && allowed {
+				br.Done(false) // the call hung past its timeout and grace
+			}
 			return vAbandoned, failure{}
 		}
 		inc(&w.c.attempts, 1)
@@ -572,6 +593,10 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 			w.catch = new(panics.Catcher) // a Catcher keeps its first panic
 			stack = fmt.Sprintf("panic: %v\n\n%s", p.Value, p.Stack)
 			err = &PanicError{Value: p.Value, Stack: stack}
+		}
+		if br != nil && allowed {
+			// Permanent errors and shutdown say nothing about the dependency's health.
+			br.Done(err == nil || retry.IsPermanent(err) || (r.env.Work.Err() != nil && stack == ""))
 		}
 		if err == nil {
 			r.budget.OnSuccess()
@@ -586,6 +611,8 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 			reason = dlq.ReasonPanic
 		case retry.IsPermanent(err):
 			reason = dlq.ReasonPermanent
+		case isCircuitOpen(err):
+			reason = dlq.ReasonCircuitOpen
 		case timedOut:
 			reason = dlq.ReasonTimeout
 			err = &TimeoutError{Timeout: r.s.cfg.timeout, Err: err}

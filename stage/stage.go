@@ -138,6 +138,8 @@ func (o Overflow) Queue() (policy core.Overflow, callerRuns bool) {
 
 // config is the stage's options.
 type config struct {
+	limit     *limitCfg
+	breaker   *breakerCfg
 	autoscale *autoscale
 	overflow  Overflow
 	workers   int
@@ -296,6 +298,7 @@ func newStage[In, Out any](name string, kind Kind, fnNil bool, extra []error, op
 		s.cfg.capacity = DefaultCapacityPerWorker * s.cfg.workers
 	}
 	errs := append(s.cfg.errs, extra...)
+	errs = append(errs, checkGuards[In](kind, &s.cfg)...)
 	if name == "" {
 		errs = append(errs, errors.New("the stage has no name; give every stage a unique name"))
 	}

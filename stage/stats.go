@@ -29,6 +29,7 @@ type Stats struct {
 	Stranded     int64 `json:"stranded"`      // inputs left without a terminal state because the run failed
 	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation
 	Resizes      int64 `json:"resizes"`       // pool resizes by the autoscaler
+	CircuitOpens int64 `json:"circuit_opens"` // times a circuit breaker of the stage opened
 
 	DeadLetters map[dlq.Reason]int64 `json:"dead_letters"` // dead letters by reason
 
@@ -65,8 +66,8 @@ func reasonIndex(r dlq.Reason) int {
 // counters are the stage's counters updated from any goroutine (rare paths: parking,
 // dead letters, abandonment).
 type counters struct {
-	in, retries, returned, stranded, abandoned atomic.Int64
-	deadLetters                                [len(reasons)]atomic.Int64
+	in, retries, returned, stranded, abandoned, circuitOpens atomic.Int64
+	deadLetters                                              [len(reasons)]atomic.Int64
 }
 
 // wcounters are a worker's own counters: one writer, so an update is a plain load and store,
