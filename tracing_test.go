@@ -158,7 +158,8 @@ func TestTracesFollowItems(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"sluice.stage.items.in", "sluice.stage.items", "sluice.stage.retries", "sluice.dlq.records",
-		"sluice.stage.queue.usage", "sluice.stage.worker.count", "sluice.stage.queue.wait_time", "sluice.stage.item.duration"} {
+		"sluice.stage.queue.usage", "sluice.stage.worker.count", "sluice.stage.queue.wait_time", "sluice.stage.item.duration",
+		"sluice.stage.worker.limit", "sluice.stage.worker.resizes", "sluice.stage.circuit.opens"} {
 		assert.True(t, got[name], "metric %s", name)
 	}
 

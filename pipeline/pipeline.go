@@ -534,6 +534,7 @@ func (r *run[In]) metricSnapshot() []tracing.StageSnapshot {
 			Stage: st.Name, In: st.In, Out: st.Out, Succeeded: st.Succeeded, Filtered: st.Filtered,
 			Attempts: st.Attempts, Retries: st.Retries, Returned: st.Returned, Stranded: st.Stranded,
 			DeadLetters: dl, Queued: st.Queued, Capacity: st.Capacity, Busy: st.Busy, Workers: st.Workers,
+			Resizes: st.Resizes, CircuitOpens: st.CircuitOpens,
 		})
 	}
 	return out

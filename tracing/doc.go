@@ -95,6 +95,8 @@
 //	sluice.stage.queue.limit      Int64ObservableUpDownCounter {item}
 //	sluice.stage.worker.count     Int64ObservableUpDownCounter {worker}   sluice.worker.state (busy | idle)
 //	sluice.stage.worker.limit     Int64ObservableUpDownCounter {worker}
+//	sluice.stage.worker.resizes   Int64ObservableCounter       {resize}
+//	sluice.stage.circuit.opens    Int64ObservableCounter       {open}
 //	sluice.stage.queue.wait_time  Float64Histogram             s
 //	sluice.stage.item.duration    Float64Histogram             s          sluice.outcome, error.type (if failed)
 //

@@ -40,6 +40,9 @@ type StageSnapshot struct {
 	// Busy is the number of workers running an item now, Workers the size
 	// of the pool.
 	Busy, Workers int
+	// Resizes counts the autoscaler's resizes of the pool; CircuitOpens the
+	// times a circuit breaker of the stage opened.
+	Resizes, CircuitOpens int64
 }
 
 // RegisterStages registers one callback for all the observable instruments
@@ -67,7 +70,7 @@ func (t *Telemetry) RegisterStages(snapshot func() []StageSnapshot) (unregister 
 	}
 	reg, err := t.meter.RegisterCallback(cb,
 		t.itemsIn, t.itemsOut, t.items, t.attempts, t.retries, t.dlqRecord,
-		t.queueUsage, t.queueLimit, t.workerCount, t.workerLimit)
+		t.queueUsage, t.queueLimit, t.workerCount, t.workerLimit, t.resizes, t.circuitOpens)
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +114,8 @@ func (s *StageTelemetry) observe(o metric.Observer, snap *StageSnapshot) {
 	o.ObserveInt64(t.workerCount, int64(busy), s.obsBusy...)
 	o.ObserveInt64(t.workerCount, int64(idle), s.obsIdle...)
 	o.ObserveInt64(t.workerLimit, int64(snap.Workers), s.obsStage...)
+	o.ObserveInt64(t.resizes, snap.Resizes, s.obsStage...)
+	o.ObserveInt64(t.circuitOpens, snap.CircuitOpens, s.obsStage...)
 }
 
 // metricSet builds, on the fly, the attribute set of this stage plus extra:

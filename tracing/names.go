@@ -105,6 +105,8 @@ const (
 	MetricQueueLimit    = "sluice.stage.queue.limit"
 	MetricWorkerCount   = "sluice.stage.worker.count"
 	MetricWorkerLimit   = "sluice.stage.worker.limit"
+	MetricResizes       = "sluice.stage.worker.resizes"
+	MetricCircuitOpens  = "sluice.stage.circuit.opens"
 	MetricQueueWaitTime = "sluice.stage.queue.wait_time"
 	MetricItemDuration  = "sluice.stage.item.duration"
 )

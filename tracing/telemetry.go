@@ -60,6 +60,7 @@ type Telemetry struct {
 	attempts, retries, dlqRecord metric.Int64ObservableCounter
 	queueUsage, queueLimit       metric.Int64ObservableUpDownCounter
 	workerCount, workerLimit     metric.Int64ObservableUpDownCounter
+	resizes, circuitOpens        metric.Int64ObservableCounter
 
 	mu     sync.Mutex
 	stages map[string]*StageTelemetry
@@ -166,7 +167,9 @@ func (t *Telemetry) instruments() error {
 	t.queueUsage = upDown(MetricQueueUsage, "{item}", "Items waiting in a stage's input queue.")
 	t.queueLimit = upDown(MetricQueueLimit, "{item}", "Capacity of a stage's input queue.")
 	t.workerCount = upDown(MetricWorkerCount, "{worker}", "Workers of a stage, by state (busy, idle).")
-	t.workerLimit = upDown(MetricWorkerLimit, "{worker}", "Configured workers of a stage.")
+	t.workerLimit = upDown(MetricWorkerLimit, "{worker}", "Workers of a stage's pool (its current size when autoscaled).")
+	t.resizes = counter(MetricResizes, "{resize}", "Resizes of a stage's pool by its autoscaler.")
+	t.circuitOpens = counter(MetricCircuitOpens, "{open}", "Times a circuit breaker of a stage opened.")
 	return errs
 }
 
