@@ -387,3 +387,13 @@ func TestStateString(t *testing.T) {
 	assert.Equal(t, "state(7)", State(7).String())
 	assert.True(t, errors.Is(errRefusedHalfOpen, ErrOpen))
 }
+
+func BenchmarkAllowDone(b *testing.B) {
+	br := New(Config{}, nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		if br.Allow() == nil {
+			br.Done(true)
+		}
+	}
+}

@@ -166,3 +166,18 @@ func TestMakePanicLeavesMapUsable(t *testing.T) {
 	assert.Equal(t, "c", m.Get("c"))
 	assert.Equal(t, []string{"c", "b"}, m.keys(t))
 }
+
+func BenchmarkGetHit(b *testing.B) {
+	m := New(1024, func(k string) int { return len(k) })
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = "host-" + strconv.Itoa(i)
+		m.Get(keys[i])
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		m.Get(keys[i&1023])
+		i++
+	}
+}
