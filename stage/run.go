@@ -343,7 +343,6 @@ func (r *Runner[In, Out]) runInline(e core.Envelope[In]) {
 	}
 	r.mu.Unlock()
 	w.buf[0], w.k = e, 1
-	w.takenAt = r.env.Clock.Now()
 	inc(&w.c.in, 1)
 	if !w.work(0) {
 		return // abandoned: the caller stays in the call; the item was dead-lettered
@@ -391,7 +390,6 @@ func (w *worker[In, Out]) run() {
 			break // the end of the input, or retired by the autoscaler
 		}
 		w.k = k
-		w.takenAt = r.env.Clock.Now()
 		inc(&w.c.in, int64(k))
 		if !w.work(0) {
 			return // abandoned: the abandoner took over this worker's duties
@@ -477,7 +475,7 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	draining := r.env.Work.Err() != nil
 	r.env.Logger.Warn("sluice: abandoned a call that ignores its cancelled context",
 		slog.String("stage", r.s.name), slog.Int("attempt", w.curAttempt), slog.Bool("draining", draining))
-	attempts, first := w.curAttempt, r.env.Clock.Time(w.curStart)
+	attempts, first := w.curAttempt, r.wallTime(w.curStart)
 	for i, e := range w.cur {
 		if draining {
 			r.park(e, attempts-1, first, spanOnce(w.curSpan, i))
@@ -563,7 +561,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 			if cancel != nil {
 				cancel()
 			}
-			return vShutdown, failure{attempts: attempt - 1, first: r.env.Clock.Time(start)}
+			return vShutdown, failure{attempts: attempt - 1, first: r.wallTime(start)}
 		}
 		br := r.guards.breakerFor(items)
 		var err error
@@ -603,7 +601,12 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 			return vSuccess, failure{}
 		}
 		if r.env.Work.Err() != nil && stack == "" {
-			return vShutdown, failure{attempts: attempt - 1, first: r.env.Clock.Time(start)}
+			return vShutdown, failure{attempts: attempt - 1, first: r.wallTime(start)}
+		}
+		if start == 0 {
+			// An untimed item (a fast stage): its attempt took microseconds, so the time of
+			// its first failure is the time of its first attempt, to within that.
+			start = r.env.Clock.Now()
 		}
 		reason := dlq.ReasonError
 		switch {
@@ -622,7 +625,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		}
 		delay, stop := sched.Next(err)
 		if stop != retry.NoStop {
-			return vFailed, failure{err: err, reason: reason, attempts: attempt, first: r.env.Clock.Time(start), stack: stack}
+			return vFailed, failure{err: err, reason: reason, attempts: attempt, first: r.wallTime(start), stack: stack}
 		}
 		inc(&w.c.retries, 1)
 		if span != nil {
@@ -632,7 +635,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 			r.env.Logger.Debug("sluice: retrying", r.itemAttrs(items, attempt, err, slog.Duration("delay", delay))...)
 		}
 		if !w.sleep(delay) {
-			return vShutdown, failure{attempts: attempt, first: r.env.Clock.Time(start)}
+			return vShutdown, failure{attempts: attempt, first: r.wallTime(start)}
 		}
 	}
 }
@@ -665,6 +668,15 @@ func (w *worker[In, Out]) sleep(d time.Duration) bool {
 	}
 }
 
+// wallTime turns a reading of the run's clock into wall time; 0 (not read) gives the zero
+// time, which park and deadLetter take as now.
+func (r *Runner[In, Out]) wallTime(t int64) time.Time {
+	if t == 0 {
+		return time.Time{}
+	}
+	return r.env.Clock.Time(t)
+}
+
 // startTiming returns when the work on the next item starts, and whether its work time is
 // measured: every item of a slow stage, the first and then one in 16 of a fast one (where a
 // clock read would cost more than the call).
@@ -673,7 +685,7 @@ func (w *worker[In, Out]) startTiming() (int64, bool) {
 	if w.timeAll || w.seq&15 == 0 || w.r.traced {
 		return w.r.env.Clock.Now(), true
 	}
-	return w.takenAt, false
+	return 0, false // no clock read: the first failure reads it (see attempts)
 }
 
 func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome string, err error) {
@@ -984,6 +996,9 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 		return
 	}
 	now := time.Now()
+	if first.IsZero() {
+		first = now
+	}
 	rec := dlq.Record{
 		V:              dlq.Version,
 		ID:             dlq.NewID(),
