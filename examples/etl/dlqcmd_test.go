@@ -1,0 +1,205 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluicehq/sluice/dlq"
+)
+
+// writeDLQ makes a dead-letter file with records of the job's stages.
+func writeDLQ(t *testing.T) (string, []dlq.Record) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "dead.jsonl")
+	f, err := dlq.OpenFile(path)
+	require.NoError(t, err)
+	defer f.Close()
+	now := time.Now().UTC()
+	mk := func(stage string, reason dlq.Reason, errText, cid string, payload any, age time.Duration) dlq.Record {
+		b, err := json.Marshal(payload)
+		require.NoError(t, err)
+		return dlq.Record{V: dlq.Version, ID: dlq.NewID(), CorrelationID: cid, Pipeline: pipelineName, Stage: stage,
+			Payload: b, Reason: reason, Error: errText, Attempts: 1, MaxAttempts: 5,
+			FirstAttemptAt: now.Add(-age), FailedAt: now.Add(-age)}
+	}
+	recs := []dlq.Record{
+		mk("download", dlq.ReasonPermanent, `GET "s1-r10/part-0001.csv": 404 Not Found`, "s1-r10/part-0001.csv",
+			FileRef{URL: "s1-r10/part-0001.csv"}, 2*time.Hour),
+		mk("download", dlq.ReasonTimeout, `attempt exceeded its timeout of 2s: GET "s1-r10/part-0002.csv": context deadline exceeded`,
+			"s1-r10/part-0002.csv", FileRef{URL: "s1-r10/part-0002.csv"}, time.Minute),
+		mk("validate", dlq.ReasonPermanent, `line 7: column "amount": "N/A" is not a number`, "s1-r10/part-0003.csv/6",
+			Row{File: "s1-r10/part-0003.csv", Line: 7, Header: sampleHeader, Fields: []string{"1", "Ada", "a@b", "N/A", "EUR", "2025-01-01T00:00:00Z"}}, time.Minute),
+		mk("validate", dlq.ReasonPermanent, `line 9: column "amount": "12x" is not a number`, "s1-r10/part-0004.csv/8",
+			Row{File: "s1-r10/part-0004.csv", Line: 9}, time.Minute),
+	}
+	for _, r := range recs {
+		require.NoError(t, f.Write(context.Background(), r))
+	}
+	return path, recs
+}
+
+func dlqRun(args ...string) (int, string, string) {
+	var stdout, stderr bytes.Buffer
+	code := realMain(append([]string{"dlq"}, args...), &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func TestDLQList(t *testing.T) {
+	path, recs := writeDLQ(t)
+	code, out, errOut := dlqRun("ls", "-dlq", path)
+	require.Equal(t, 0, code, errOut)
+	for _, h := range []string{"ID", "FAILED", "STAGE", "REASON", "ATTEMPTS", "ERROR", "CORRELATION ID"} {
+		assert.Contains(t, out, h)
+	}
+	for _, r := range recs {
+		assert.Contains(t, out, r.ID)
+		assert.Contains(t, out, r.CorrelationID)
+	}
+	assert.Contains(t, out, "4 of 4 records")
+
+	for _, c := range []struct {
+		args []string
+		want []int
+	}{
+		{[]string{"-stage", "validate"}, []int{2, 3}},
+		{[]string{"-reason", "timeout"}, []int{1}},
+		{[]string{"-match", "NOT FOUND"}, []int{0}},
+		{[]string{"-since", "1h"}, []int{1, 2, 3}},
+		{[]string{"-stage", "download", "-reason", "permanent"}, []int{0}},
+	} {
+		code, out, errOut := dlqRun(append([]string{"ls", "-dlq", path}, c.args...)...)
+		require.Equal(t, 0, code, errOut)
+		for i, r := range recs {
+			if contains(c.want, i) {
+				assert.Contains(t, out, r.ID, "%v", c.args)
+			} else {
+				assert.NotContains(t, out, r.ID, "%v", c.args)
+			}
+		}
+	}
+}
+
+func contains(xs []int, x int) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func TestDLQShowAndStats(t *testing.T) {
+	path, recs := writeDLQ(t)
+	code, out, errOut := dlqRun("show", recs[2].ID[:20], "-dlq", path) // a prefix, and a flag after it
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, recs[2].ID)
+	assert.Contains(t, out, "stage:           validate")
+	assert.Contains(t, out, "payload:\n  {\n    \"file\": \"s1-r10/part-0003.csv\",\n    \"line\": 7,", "the payload is pretty-printed")
+
+	code, _, errOut = dlqRun("show", "NOSUCHID", "-dlq", path)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "no record")
+
+	code, out, errOut = dlqRun("stats", "-dlq", path)
+	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `download\s+1\s+1\s+2`, out, "stage × reason: download has 1 permanent and 1 timeout")
+	assert.Regexp(t, `validate\s+2\s+0\s+2`, out)
+	assert.Regexp(t, `2\s+validate\s+line N: column "…": "…" is not a number`, out, "the two amount errors are one kind")
+}
+
+func TestDLQPurge(t *testing.T) {
+	path, recs := writeDLQ(t)
+	code, out, _ := dlqRun("purge", "-dlq", path, "-stage", "validate")
+	assert.Equal(t, 2, code, "purge asks for -yes")
+	assert.Contains(t, out, "would purge 2 of 4")
+	assert.Len(t, readRecords(t, path), 4, "nothing deleted without -yes")
+
+	code, out, errOut := dlqRun("purge", "-dlq", path, "-stage", "validate", "-yes")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "purged 2 records; 2 remain")
+	left := readRecords(t, path)
+	require.Len(t, left, 2)
+	assert.Equal(t, recs[0].ID, left[0].ID)
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, 2, bytes.Count(b, []byte("\n")), "compacted: no tombstones left")
+
+	code, out, _ = dlqRun("purge", "-dlq", path, "-match", "nothing like this", "-yes")
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "nothing to purge")
+}
+
+func TestDLQReplayDryRun(t *testing.T) {
+	path, _ := writeDLQ(t)
+	code, out, errOut := dlqRun("replay", "-dlq", path, "-dry-run", "-stage", "download")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "would replay 2 of 2")
+	assert.Len(t, readRecords(t, path), 4)
+
+	// A payload that does not decode as the stage's input is skipped, and stays.
+	f, err := dlq.OpenFile(path)
+	require.NoError(t, err)
+	bad := dlq.Record{V: dlq.Version, ID: dlq.NewID(), Pipeline: pipelineName, Stage: "validate", Payload: []byte(`"not a row"`),
+		Reason: dlq.ReasonPermanent, Error: "x", FailedAt: time.Now()}
+	require.NoError(t, f.Write(context.Background(), bad))
+	require.NoError(t, f.Close())
+	code, out, errOut = dlqRun("replay", "-dlq", path, "-dry-run", "-stage", "validate")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "would replay 2 of 3")
+	assert.Contains(t, out, "skipped 1 records")
+	assert.Contains(t, out, bad.ID)
+}
+
+// A missing or corrupt file is a clear error and exit status 1, never a panic; a torn last
+// line is a warning.
+func TestDLQMissingAndCorruptFile(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "none.jsonl")
+	cmds := [][]string{{"ls"}, {"stats"}, {"show", "01ABC"}, {"replay"}, {"replay", "-dry-run"}, {"purge", "-yes"}}
+	for _, c := range cmds {
+		code, _, errOut := dlqRun(append(c, "-dlq", missing)...)
+		assert.Equal(t, 1, code, "%v", c)
+		assert.Contains(t, errOut, "no dead-letter file at "+missing, "%v", c)
+	}
+	_, err := os.Stat(missing)
+	assert.True(t, os.IsNotExist(err), "no command creates the file")
+
+	path, _ := writeDLQ(t)
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	lines := strings.SplitAfter(string(b), "\n")
+	corrupt := filepath.Join(dir, "corrupt.jsonl")
+	require.NoError(t, os.WriteFile(corrupt, []byte(lines[0]+"{\"v\":1,\"id\":\"x\"\n"+lines[1]), 0o644))
+	for _, c := range cmds {
+		code, _, errOut := dlqRun(append(c, "-dlq", corrupt)...)
+		assert.Equal(t, 1, code, "%v", c)
+		assert.Contains(t, errOut, "corrupt", "%v", c)
+		assert.Contains(t, errOut, "line 2", "%v: the bad line is named", c)
+	}
+
+	torn := filepath.Join(dir, "torn.jsonl")
+	require.NoError(t, os.WriteFile(torn, []byte(lines[0]+`{"v":1,"id":"half`), 0o644))
+	code, out, errOut := dlqRun("ls", "-dlq", torn)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "1 of 1 records")
+	assert.Contains(t, errOut, "incomplete line")
+
+	// A file in use by a run (or replay) cannot be replayed or purged meanwhile.
+	f, err := dlq.OpenFile(path)
+	require.NoError(t, err)
+	defer f.Close()
+	code, _, errOut = dlqRun("purge", "-dlq", path, "-yes")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "in use")
+	code, _, _ = dlqRun("ls", "-dlq", path)
+	assert.Equal(t, 0, code, "reading does not need the lock")
+}
