@@ -45,6 +45,17 @@ func (k Kind) String() string {
 // MarshalText implements encoding.TextMarshaler.
 func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler, so a Report written as JSON reads back.
+func (k *Kind) UnmarshalText(b []byte) error {
+	for c := KindMap; c <= KindSink; c++ {
+		if c.String() == string(b) {
+			*k = c
+			return nil
+		}
+	}
+	return fmt.Errorf("stage: unknown kind %q", b)
+}
+
 // Defaults of a stage built without options.
 const (
 	// DefaultCapacityPerWorker sets the default input capacity: twice the number of workers.

@@ -101,3 +101,15 @@ func TestJSONCodec(t *testing.T) {
 	assert.Equal(t, row{1, "x"}, v)
 	assert.True(t, c.JSON())
 }
+
+func TestKindText(t *testing.T) {
+	for k := stage.KindMap; k <= stage.KindSink; k++ {
+		b, err := k.MarshalText()
+		require.NoError(t, err)
+		var back stage.Kind
+		require.NoError(t, back.UnmarshalText(b))
+		assert.Equal(t, k, back)
+	}
+	var k stage.Kind
+	assert.Error(t, k.UnmarshalText([]byte("blender")))
+}
