@@ -34,6 +34,7 @@
 //	etl dlq stats [filters]       counts by stage × reason, and the most common errors
 //	etl dlq replay [filters]      replay dead letters into the stages that failed them (-dry-run to preview)
 //	etl dlq purge [filters] -yes  delete dead letters
+//	etl sweep [-sizes 1,2,4,…]    size the download pool: throughput and p95 per pool size, and a chart
 //
 // Filters: -stage NAME, -reason REASON, -match TEXT (in the error), -since DURATION.
 //
@@ -134,6 +135,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "dlq":
 			return dlqMain(args[1:], stdout, stderr)
+		case "sweep":
+			return sweepMain(args[1:], stdout, stderr)
 		case "help":
 			args = []string{"-h"}
 		}

@@ -464,3 +464,17 @@ func TestURLsAndUploadFlags(t *testing.T) {
 	_, err = os.Stat(cfg.Out)
 	assert.True(t, os.IsNotExist(err), "no embedded store with -upload")
 }
+
+// etl sweep runs the download function at each pool size and reports the curve and a chart.
+func TestSweepSubcommand(t *testing.T) {
+	svg := filepath.Join(t.TempDir(), "sweep.svg")
+	var out, errOut bytes.Buffer
+	code := realMain([]string{"sweep", "-files", "24", "-sizes", "1,4", "-latency", "2ms", "-svg", svg}, &out, &errOut)
+	require.Equal(t, 0, code, errOut.String())
+	assert.Contains(t, out.String(), "workers  items")
+	assert.Contains(t, out.String(), "knee:")
+	b, err := os.ReadFile(svg)
+	require.NoError(t, err)
+	assert.Contains(t, string(b), "<svg")
+	assert.Equal(t, 2, realMain([]string{"sweep", "-sizes", "0"}, &out, &errOut))
+}
