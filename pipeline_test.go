@@ -986,3 +986,41 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// A call that ignores its context during a drain: after the drain timeout and the grace
+// period its worker is released, its item parked with reason shutdown, and Run returns; the
+// stuck goroutine is counted as abandoned.
+func TestDrainAbandonsCallsThatIgnoreCancellation(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		entered := make(chan struct{}, 1)
+		fn := func(_ context.Context, n int) (int, error) {
+			entered <- struct{}{}
+			<-release // ignores its context
+			return n, nil
+		}
+		mem := dlq.NewMemory()
+		p, err := pipeline.New("stuck", pipeline.Then(pipeline.Input[int](),
+			stage.Map("stuck", fn, stage.Workers(1), stage.Capacity(2), stage.Grace(500*time.Millisecond))),
+			pipeline.WithDLQ(mem), pipeline.WithDrainTimeout(time.Second))
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		job, err := p.Start(ctx, pipeline.FromSlice([]int{1, 2, 3}))
+		require.NoError(t, err)
+		<-entered
+		synctest.Wait()
+		start := time.Now()
+		cancel()
+		report, err := job.Wait()
+		require.NoError(t, err)
+		assert.Equal(t, 1500*time.Millisecond, time.Since(start), "drain timeout + grace")
+		assert.EqualValues(t, 1, report.Abandoned)
+		recs, _ := mem.Records(context.Background())
+		assert.Len(t, recs, 3, "the stuck item and the two queued ones are parked")
+		for _, r := range recs {
+			assert.Equal(t, dlq.ReasonShutdown, r.Reason)
+		}
+		requireBalanced(t, report)
+		close(release)
+	})
+}

@@ -487,9 +487,6 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	if w.inline {
 		return // the caller's goroutine is stuck in the call; the pool is unaffected
 	}
-	r.mu.Lock()
-	r.retired = append(r.retired, w)
-	r.mu.Unlock()
 	if draining || r.s.kind == KindBatch {
 		// A batch worker holds nothing beyond the batch in the call.
 		if r.s.kind != KindBatch {
@@ -516,6 +513,7 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 			r.workers[i] = nw
 		}
 	}
+	r.retired = append(r.retired, w) // kept for its counters and histograms
 	r.mu.Unlock()
 	go nw.run()
 }
