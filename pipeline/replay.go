@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"reflect"
 	"sync"
 
 	"golang.org/x/time/rate"
@@ -58,10 +60,10 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 	if ctx == nil {
 		return rr, ErrNilContext
 	}
-	if store == nil {
+	if isNil(store) {
 		return rr, errors.New("pipeline: Replay: the store is nil")
 	}
-	if opts.Rate < 0 {
+	if opts.Rate < 0 || math.IsNaN(opts.Rate) {
 		return rr, fmt.Errorf("pipeline: Replay: Rate %v cannot be negative; use 0 for no limit", opts.Rate)
 	}
 	if !p.replaying.CompareAndSwap(false, true) {
@@ -173,6 +175,19 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 	rr.Completed = completed
 	mu.Unlock()
 	return rr, err
+}
+
+// isNil reports whether v is nil, or an interface holding a nil pointer.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
+		return rv.IsNil()
+	}
+	return false
 }
 
 // spanContextOf returns the trace context of the failure a record describes.

@@ -239,6 +239,9 @@ func (p *Push[T]) SubmitItem(ctx context.Context, it Item[T]) error {
 	if ctx == nil {
 		return ErrNilContext
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	select {
 	case <-p.ready:
 	case <-p.closed:

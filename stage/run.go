@@ -467,8 +467,7 @@ func (w *worker[In, Out]) watchdog() {
 }
 
 // abandon takes over the items of a worker whose call ignores cancellation: it fails the item
-// in the call (or parks it during a drain) and hands the rest to a replacement worker, or,
-// during a drain, parks them and releases the worker's place.
+// in the call (or parks it during a drain) and hands the rest to a replacement worker.
 func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	r.stats.abandoned.Add(1)
 	r.env.Totals.Abandoned.Add(1)
@@ -487,22 +486,11 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	if w.inline {
 		return // the caller's goroutine is stuck in the call; the pool is unaffected
 	}
-	if draining || r.s.kind == KindBatch {
-		// A batch worker holds nothing beyond the batch in the call.
-		if r.s.kind != KindBatch {
-			for _, e := range w.buf[w.i+1 : w.k] {
-				r.park(e, 0, time.Time{}, nil)
-			}
-			if len(w.out) > 0 {
-				r.next.Push(r.env.Work.Done(), w.out)
-			}
-		}
-		r.in.Release(w.k)
-		if draining {
-			r.exit(w)
-			return
-		}
+	if r.s.kind == KindBatch {
+		r.in.Release(w.k) // a batch worker holds nothing beyond the batch in the call
 	}
+	// A replacement takes the worker's place, its remaining items and its outputs, also during
+	// a drain: there it parks them, and what is still queued, until the input closes.
 	nw := r.newWorker()
 	if r.s.kind != KindBatch {
 		nw.buf, nw.k, nw.i, nw.out, nw.resume = w.buf, w.k, w.i, w.out, true
