@@ -110,7 +110,8 @@ func TestCrash(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "dead.jsonl")
 	acked := make(map[string]bool)
 	torn := 0
-	for run := range 10 {
+	const runs = 20
+	for run := range runs {
 		killAfter := 1 + rng.IntN(60)
 		n := crashRun(t, path, killAfter)
 		for _, id := range n {
@@ -140,7 +141,7 @@ func TestCrash(t *testing.T) {
 		checkAcked(t, recs, acked)
 		require.NoError(t, f.Close())
 	}
-	t.Logf("%d runs, %d acked records, %d torn tails", 10, len(acked), torn)
+	t.Logf("%d runs, %d acked records, %d torn tails", runs, len(acked), torn)
 }
 
 // crashRun starts the helper, kills it after killAfter acks and returns
