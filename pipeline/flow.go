@@ -40,6 +40,7 @@ func Then[In, A, B any](f *Flow[In, A], s *stage.Stage[A, B]) *Flow[In, B] {
 	}
 	nf.steps[len(nf.steps)-1] = step{
 		name: s.Name(),
+		kind: s.Kind(),
 		bind: func(env *core.Env, next any) node {
 			q, _ := next.(*core.Queue[B])
 			return runnerNode[A, B]{s.Bind(env, q)}
@@ -51,6 +52,7 @@ func Then[In, A, B any](f *Flow[In, A], s *stage.Stage[A, B]) *Flow[In, B] {
 // step is one stage of a flow, with its types erased.
 type step struct {
 	name string
+	kind stage.Kind
 	bind func(env *core.Env, next any) node
 }
 

@@ -248,6 +248,9 @@ func New[In, Out any](name string, f *Flow[In, Out], opts ...Option) (*Pipeline[
 		if len(f.steps) == 0 {
 			errs = append(errs, errors.New("the flow has no stage; add one with Then"))
 		}
+		if len(f.steps) > 0 && f.steps[0].kind == stage.KindBatch && o.overflow == CallerRuns {
+			errs = append(errs, fmt.Errorf("WithOverflow(CallerRuns): the first stage %q is a batch, which a caller cannot run on one item; use another policy or put a stage before it", f.steps[0].name))
+		}
 		seen := map[string]bool{}
 		for _, s := range f.steps {
 			if s.name != "" && seen[s.name] {
@@ -563,6 +566,9 @@ func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) 
 	switch q.Offer(e, e.M.Ingress, policy, srcCtx.Done(), itemDone) {
 	case core.Admitted, core.Evicted:
 		return nil
+	case core.Closed:
+		t.Admitted.Add(-1)
+		return fmt.Errorf("%w: the source handed over an item after its Emit returned", ErrClosed)
 	case core.Full:
 		if callerRuns {
 			q.Inline(e)

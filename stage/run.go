@@ -154,7 +154,7 @@ func (r *Runner[In, Out]) drainWatch() {
 	case <-t.C:
 	}
 	r.mu.Lock()
-	ws := append([]*worker[In, Out](nil), r.workers...)
+	ws := append(append([]*worker[In, Out](nil), r.workers...), r.inline...)
 	r.mu.Unlock()
 	for _, w := range ws {
 		if w.tryAbandon() {
@@ -260,10 +260,13 @@ func (r *Runner[In, Out]) Inject(ctx context.Context, rec *dlq.Record, meta core
 	if err != nil {
 		return err
 	}
-	if r.in.Offer(core.Envelope[In]{V: v, M: meta}, r.env.Clock.Now(), core.OverflowBlock, ctx.Done(), nil) != core.Admitted {
-		return context.Cause(ctx)
+	switch r.in.Offer(core.Envelope[In]{V: v, M: meta}, r.env.Clock.Now(), core.OverflowBlock, ctx.Done(), nil) {
+	case core.Admitted:
+		return nil
+	case core.Closed:
+		return fmt.Errorf("stage %q takes no more input", r.s.name)
 	}
-	return nil
+	return context.Cause(ctx)
 }
 
 // Worker states, in the low bits of worker.state; the high bits count attempts.
@@ -297,8 +300,10 @@ type worker[In, Out any] struct {
 	takenAt int64
 	// resume is set on a worker that replaces an abandoned one: it finishes buf[i+1:k] first.
 	resume bool
-	// inline is set on a worker lent to a caller that runs the stage itself.
+	// inline is set on a worker lent to a caller that runs the stage itself; gone is closed
+	// when its call is abandoned, which releases the caller.
 	inline bool
+	gone   chan struct{}
 	// quit is closed to retire the worker (autoscaling); retiring is set with it, under r.mu.
 	quit     chan struct{}
 	retiring bool
@@ -329,8 +334,9 @@ func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
 	return w
 }
 
-// runInline runs the stage on one item in the caller's goroutine (the CallerRuns overflow
-// policy at ingress), with a worker of its own, and passes the output on.
+// runInline runs the stage on one item for the caller (the CallerRuns overflow policy at
+// ingress), with a worker of its own, and passes the output on. The call runs in a goroutine of
+// its own so that, if it ignores its context and is abandoned, the caller is released.
 func (r *Runner[In, Out]) runInline(e core.Envelope[In]) {
 	r.mu.Lock()
 	var w *worker[In, Out]
@@ -341,15 +347,22 @@ func (r *Runner[In, Out]) runInline(e core.Envelope[In]) {
 		w.inline = true
 		r.inline = append(r.inline, w)
 	}
+	w.gone = make(chan struct{})
 	r.mu.Unlock()
 	w.buf[0], w.k = e, 1
 	inc(&w.c.in, 1)
-	if !w.work(0) {
-		return // abandoned: the caller stays in the call; the item was dead-lettered
+	done := make(chan bool, 1)
+	go func() { done <- w.work(0) }()
+	select {
+	case ok := <-done:
+		if ok {
+			r.mu.Lock()
+			r.free = append(r.free, w)
+			r.mu.Unlock()
+		}
+	case <-w.gone:
+		// Abandoned: the item was dead-lettered or parked; the call runs on unobserved.
 	}
-	r.mu.Lock()
-	r.free = append(r.free, w)
-	r.mu.Unlock()
 }
 
 // exit is the end of a worker that was not abandoned (or whose abandonment released it). A
@@ -457,11 +470,17 @@ func (w *worker[In, Out]) tryAbandon() bool {
 
 // watchdog fires timeout+grace after an attempt started.
 func (w *worker[In, Out]) watchdog() {
+	// The state first, then its start (begin stores them in the other order): abandon exactly
+	// the attempt whose start was checked, never the next one.
+	s := w.state.Load()
+	if s&stateMask != stRunning {
+		return
+	}
 	limit := w.r.s.cfg.timeout + w.r.grace
 	if time.Duration(w.r.env.Clock.Now()-w.startNs.Load()) < limit {
 		return // a stale firing for an attempt that already ended
 	}
-	if w.tryAbandon() {
+	if w.state.CompareAndSwap(s, s&^stateMask|stAbandoned) {
 		w.r.abandon(w)
 	}
 }
@@ -484,7 +503,8 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 		r.deadLetter(e, dlq.ReasonTimeout, err, attempts, first, "", spanOnce(w.curSpan, i))
 	}
 	if w.inline {
-		return // the caller's goroutine is stuck in the call; the pool is unaffected
+		close(w.gone) // release the caller; the pool is unaffected
+		return
 	}
 	if r.s.kind == KindBatch {
 		r.in.Release(w.k) // a batch worker holds nothing beyond the batch in the call
@@ -924,7 +944,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	w.stopTiming(start, base, tracing.OutcomeSucceeded, nil)
 	r.endSpan(span, tracing.OutcomeSucceeded)
 	inc(&w.c.succeeded, int64(len(items)))
-	m := core.Meta{Seq: r.env.Seq.Add(1), Ingress: items[0].M.Ingress}
+	m := core.Meta{Seq: r.env.Seq.Add(1), Ingress: items[0].M.Ingress, Replays: items[0].M.Replays}
 	if span != nil {
 		m.X = (*core.Extra)(nil).WithSpan(span.SpanContext())
 	}

@@ -110,7 +110,9 @@ const (
 	// DeadLetterNew dead-letters the new item with reason overflow instead of waiting.
 	DeadLetterNew
 	// CallerRuns has the submitting goroutine run the first stage on the item itself, which
-	// throttles the producer (ingress only).
+	// throttles the producer (ingress only; not with a batch first stage). Such items are held
+	// by their callers, outside the stage's slots: the in-flight bound grows by one per
+	// concurrent caller.
 	CallerRuns
 )
 

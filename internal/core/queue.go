@@ -21,6 +21,7 @@ type Queue[T any] struct {
 	closed   bool
 	consWait int
 	prodWait int
+	dropWait int // producers waiting under drop-oldest: they can go as soon as an item is queued
 	notEmpty chan struct{}
 	notFull  chan struct{}
 
@@ -58,6 +59,12 @@ func signal(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+func (q *Queue[T]) isClosed() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.closed
 }
 
 // Pushed returns how many items were ever put into the queue.
@@ -101,7 +108,7 @@ func (q *Queue[T]) put(items []Envelope[T], now int64) int {
 	if q.consWait > 0 {
 		signal(q.notEmpty)
 	}
-	if q.free > 0 && q.prodWait > 0 {
+	if q.prodWait > 0 && (q.free > 0 || q.dropWait > 0) {
 		signal(q.notFull) // pass the baton to the next waiting producer
 	}
 	return k
@@ -128,6 +135,10 @@ const (
 // or stop2 ended while it waited (items[n:] were not put in).
 func (q *Queue[T]) insert(items []Envelope[T], now int64, policy Overflow, stop1, stop2 <-chan struct{}) (n int, evicted []Envelope[T], stopped bool) {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return 0, nil, false // the caller sees nothing went in (Offer: Closed)
+	}
 	for len(items) > 0 {
 		if q.free > 0 {
 			k := q.put(items, now)
@@ -156,6 +167,9 @@ func (q *Queue[T]) insert(items []Envelope[T], now int64, policy Overflow, stop1
 			}
 		}
 		q.prodWait++
+		if policy == OverflowDropOldest {
+			q.dropWait++
+		}
 		q.mu.Unlock()
 		woken := false
 		select {
@@ -166,6 +180,9 @@ func (q *Queue[T]) insert(items []Envelope[T], now int64, policy Overflow, stop1
 		}
 		q.mu.Lock()
 		q.prodWait--
+		if policy == OverflowDropOldest {
+			q.dropWait--
+		}
 		if !woken {
 			if q.free > 0 && q.prodWait > 0 {
 				signal(q.notFull)
@@ -212,6 +229,9 @@ const (
 	Stopped
 	// Evicted: the item was taken and dead-lettered (OverflowDeadLetter).
 	Evicted
+	// Closed: the queue's producers are all done; it takes nothing more (the caller still owns
+	// the item).
+	Closed
 )
 
 // Offer puts one item into the queue, enqueued at now (on the run's clock), under policy.
@@ -222,6 +242,8 @@ func (q *Queue[T]) Offer(e Envelope[T], now int64, policy Overflow, stop1, stop2
 	switch {
 	case n == 1:
 		return Admitted
+	case n == 0 && len(evicted) == 0 && !stopped && q.isClosed():
+		return Closed
 	case stopped:
 		return Stopped
 	case policy == OverflowDeadLetter:
