@@ -521,6 +521,12 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 			r.workers[i] = nw
 		}
 	}
+	if w.retiring {
+		// The autoscaler was retiring this worker: the replacement finishes what it inherits,
+		// then retires in its place.
+		nw.retiring = true
+		close(nw.quit)
+	}
 	r.retired = append(r.retired, w) // kept for its counters and histograms
 	r.mu.Unlock()
 	go nw.run()
