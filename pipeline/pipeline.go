@@ -549,7 +549,7 @@ func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) 
 		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
 	}
 	t := r.env.Totals
-	e := core.Envelope[In]{V: it.Value, M: core.Meta{Key: it.Key, Index: it.Index, Weight: 1, Ingress: r.env.Clock.Now()}}
+	e := core.Envelope[In]{V: it.Value, M: core.Meta{Key: it.Key, Index: it.Index, Weight: 1}}
 	if e.M.Key == "" {
 		e.M.Seq = r.env.Seq.Add(1)
 	}
@@ -563,7 +563,7 @@ func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) 
 	e.M.Tracker = core.NewRoot(it.Ack)
 	t.Admitted.Add(1)
 	policy, callerRuns := r.p.opts.overflow.Queue()
-	switch q.Offer(e, e.M.Ingress, policy, srcCtx.Done(), itemDone) {
+	switch q.Offer(e, r.env.Clock.Now(), policy, srcCtx.Done(), itemDone) {
 	case core.Admitted, core.Evicted:
 		return nil
 	case core.Closed:

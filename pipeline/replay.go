@@ -148,7 +148,7 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 				mu.Unlock()
 			}
 			meta := core.Meta{
-				Key: rec.CorrelationID, Weight: 1, Replays: int32(rec.Replays + 1), Ingress: r.env.Clock.Now(),
+				Key: rec.CorrelationID, Weight: 1, Replays: int32(rec.Replays + 1),
 				Tracker: core.NewRoot(ack), X: core.NewExtra(rec.Source, rec.Headers, trace.SpanContext{}),
 			}
 			if sc, ok := spanContextOf(rec); ok {

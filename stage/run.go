@@ -950,14 +950,13 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	w.stopTiming(start, base, tracing.OutcomeSucceeded, nil)
 	r.endSpan(span, tracing.OutcomeSucceeded)
 	inc(&w.c.succeeded, int64(len(items)))
-	m := core.Meta{Seq: r.env.Seq.Add(1), Ingress: items[0].M.Ingress, Replays: items[0].M.Replays}
+	m := core.Meta{Seq: r.env.Seq.Add(1), Replays: items[0].M.Replays}
 	if span != nil {
 		m.X = (*core.Extra)(nil).WithSpan(span.SpanContext())
 	}
 	trackers := make([]*core.Tracker, 0, len(items))
 	for _, e := range items {
 		m.Weight += e.M.Weight
-		m.Ingress = min(m.Ingress, e.M.Ingress)
 		if e.M.Tracker != nil {
 			trackers = append(trackers, e.M.Tracker)
 		}

@@ -129,9 +129,7 @@ type Meta struct {
 	// Index is the item's position in its input, from 1 (0: none), its source when it has no
 	// Extra.Source.
 	Index int64
-	// Ingress is when the item entered the pipeline, and Enqueued when it was put into its
-	// current stage's input, both on the run's Clock.
-	Ingress  int64
+	// Enqueued is when the item was put into its current stage's input, on the run's Clock.
 	Enqueued int64
 	// Weight is how many source units the envelope stands for: 1, or the sum carried by a batch.
 	Weight int32
@@ -272,7 +270,4 @@ type Env struct {
 	Clock Clock
 	// Tel is the run's telemetry (nil: none).
 	Tel *tracing.Telemetry
-	// Grace is how long a call that ignores its cancelled context is waited for before its
-	// worker is abandoned (replaced while running, released during a drain).
-	Grace time.Duration
 }

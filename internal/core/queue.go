@@ -289,27 +289,22 @@ func (q *Queue[T]) Pop(dst []Envelope[T], release int, timeout <-chan time.Time,
 		}
 		q.consWait++
 		q.mu.Unlock()
+		woken := false
 		select {
 		case <-q.notEmpty:
+			woken = true
 		case <-timeout:
-			q.mu.Lock()
-			q.consWait--
-			if (q.n > 0 || q.closed) && q.consWait > 0 {
-				signal(q.notEmpty)
-			}
-			q.mu.Unlock()
-			return 0, true
 		case <-cancel:
-			q.mu.Lock()
-			q.consWait--
+		}
+		q.mu.Lock()
+		q.consWait--
+		if !woken {
 			if (q.n > 0 || q.closed) && q.consWait > 0 {
-				signal(q.notEmpty)
+				signal(q.notEmpty) // pass on a wake-up this consumer may have missed
 			}
 			q.mu.Unlock()
 			return 0, true
 		}
-		q.mu.Lock()
-		q.consWait--
 	}
 	k := min(len(dst), max(1, q.n/q.consumers))
 	for i := range k {
