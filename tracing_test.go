@@ -213,3 +213,31 @@ type discard struct{}
 
 func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
 func (discard) Shutdown(context.Context) error                             { return nil }
+
+// A circuit breaker's state change shows on the span of the call that caused it, and a
+// refused attempt shows as a circuit_open event.
+func TestCircuitBreakerSpanEvents(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	st := stage.Map("dep", func(_ context.Context, n int) (int, error) { return 0, errors.New("down") },
+		stage.Workers(1), stage.Retry(retry.NoRetry()),
+		stage.CircuitBreaker(stage.BreakerConfig{MinRequests: 1, FailureRate: 1, OpenFor: time.Hour}))
+	p, err := pipeline.New("cb", pipeline.Then(pipeline.Input[int](), st), pipeline.WithTracerProvider(tp))
+	require.NoError(t, err)
+	_, err = p.Run(context.Background(), pipeline.FromSlice([]int{1, 2}))
+	require.NoError(t, err)
+	var events []string
+	for _, s := range rec.Ended() {
+		for _, e := range s.Events() {
+			if e.Name == "circuit_state" {
+				set := attribute.NewSet(e.Attributes...)
+				to, _ := set.Value("sluice.circuit.to")
+				events = append(events, "state:"+to.AsString())
+			} else if e.Name == "circuit_open" {
+				events = append(events, "refused")
+			}
+		}
+	}
+	assert.ElementsMatch(t, []string{"state:open", "refused"}, events)
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/internal/hist"
 	"github.com/sluicehq/sluice/retry"
 	"github.com/sluicehq/sluice/tracing"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -606,7 +607,12 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		}
 		if br != nil && allowed {
 			// Permanent errors and shutdown say nothing about the dependency's health.
+			before := br.State()
 			br.Done(err == nil || retry.IsPermanent(err) || (r.env.Work.Err() != nil && stack == ""))
+			if after := br.State(); after != before && span != nil {
+				span.AddEvent("circuit_state", trace.WithAttributes(
+					attribute.String("sluice.circuit.from", before.String()), attribute.String("sluice.circuit.to", after.String())))
+			}
 		}
 		if err == nil {
 			r.budget.OnSuccess()
