@@ -114,7 +114,8 @@ func circuitBreaker(what string, key any, bc BreakerConfig, maxKeys int) Option 
 // the window passes the threshold, it opens and fails attempts at once (they follow the retry
 // policy, and are dead-lettered with reason circuit_open if it runs out); after OpenFor it lets
 // probes through, and closes when they succeed. State changes are logged and counted
-// (Stats.CircuitOpens); refused attempts are span events.
+// (Stats.CircuitOpens, metric sluice.stage.circuit.opens); a change is an event on the span of
+// the call that caused it, and a refused attempt a circuit_open event.
 func CircuitBreaker(c BreakerConfig) Option {
 	return circuitBreaker("CircuitBreaker", nil, c, 0)
 }
