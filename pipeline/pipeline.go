@@ -563,7 +563,7 @@ func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) 
 	e.M.Tracker = core.NewRoot(it.Ack)
 	t.Admitted.Add(1)
 	policy, callerRuns := r.p.opts.overflow.Queue()
-	switch q.Offer(e, r.env.Clock.Now(), policy, srcCtx.Done(), itemDone) {
+	switch q.Offer(e, policy, srcCtx.Done(), itemDone) {
 	case core.Admitted, core.Evicted:
 		return nil
 	case core.Closed:

@@ -90,6 +90,9 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 	}
 	r.in.Policy, _ = s.cfg.overflow.Queue()
 	r.in.Inline = r.runInline
+	if r.traced || s.kind == KindBatch {
+		r.in.StampAll() // a span, or a batch's max wait, needs every item's queue wait
+	}
 	return r
 }
 
@@ -261,7 +264,7 @@ func (r *Runner[In, Out]) Inject(ctx context.Context, rec *dlq.Record, meta core
 	if err != nil {
 		return err
 	}
-	switch r.in.Offer(core.Envelope[In]{V: v, M: meta}, r.env.Clock.Now(), core.OverflowBlock, ctx.Done(), nil) {
+	switch r.in.Offer(core.Envelope[In]{V: v, M: meta}, core.OverflowBlock, ctx.Done(), nil) {
 	case core.Admitted:
 		return nil
 	case core.Closed:
@@ -289,9 +292,11 @@ type worker[In, Out any] struct {
 	waitH   hist.Hist
 	workH   hist.Hist
 	c       wcounters
-	seq     uint32
+	lc      wlocal // counted per item, published to c per batch (see publish)
 	catch   *panics.Catcher
-	timeAll bool // time every item: the stage's calls are slow enough
+	seq     uint32
+	timeAll bool // time every item: the stage's calls are slow enough (or traced, or guarded)
+	fast    bool // the last timed call was fast: take all that is queued (see Queue.Pop)
 
 	// The items taken from the input: buf[:k], of which buf[i] is in hand; the outputs not yet
 	// pushed to the next stage; when they were taken (on the run's clock).
@@ -398,7 +403,7 @@ func (w *worker[In, Out]) run() {
 		release = w.k
 	}
 	for {
-		k, ok := r.in.Pop(w.buf, release, nil, w.quit)
+		k, ok := r.in.Pop(w.buf, !w.fast, release, nil, w.quit)
 		if !ok || k == 0 {
 			release = 0
 			break // the end of the input, or retired by the autoscaler
@@ -426,6 +431,7 @@ func (w *worker[In, Out]) work(from int) bool {
 	}
 	clear(w.buf[:w.k])
 	w.flush()
+	w.publish()
 	return true
 }
 
@@ -435,9 +441,30 @@ func (w *worker[In, Out]) flush() {
 		return
 	}
 	inc(&w.c.out, int64(len(w.out)))
+	w.publish() // before the outputs can reach the end of the run
 	w.r.next.Push(w.r.env.Work.Done(), w.out)
 	clear(w.out)
 	w.out = w.out[:0]
+}
+
+// publish adds the per-item counts of the worker to its shared counters: one atomic write per
+// counter per batch instead of several per item. The worker calls it between attempts; the
+// goroutine that abandons the worker calls it for the worker (it then owns it).
+func (w *worker[In, Out]) publish() {
+	l := &w.lc
+	if *l == (wlocal{}) {
+		return
+	}
+	for _, c := range [...]struct {
+		n *int64
+		c *atomic.Int64
+	}{{&l.attempts, &w.c.attempts}, {&l.succeeded, &w.c.succeeded}, {&l.filtered, &w.c.filtered},
+		{&l.filteredUnits, &w.c.filteredUnits}, {&l.deliveredUnits, &w.c.deliveredUnits}, {&l.out, &w.c.out}} {
+		if *c.n != 0 {
+			inc(c.c, *c.n)
+			*c.n = 0
+		}
+	}
 }
 
 // begin marks the start of an attempt on items.
@@ -489,6 +516,7 @@ func (w *worker[In, Out]) watchdog() {
 // abandon takes over the items of a worker whose call ignores cancellation: it fails the item
 // in the call (or parks it during a drain) and hands the rest to a replacement worker.
 func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
+	w.publish() // the counts of the worker's earlier items
 	r.stats.abandoned.Add(1)
 	r.env.Totals.Abandoned.Add(1)
 	draining := r.env.Work.Err() != nil
@@ -598,7 +626,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 			}
 			return vAbandoned, failure{}
 		}
-		inc(&w.c.attempts, 1)
+		w.lc.attempts++
 		var stack string
 		if p := w.catch.Recovered(); p != nil {
 			w.catch = new(panics.Catcher) // a Catcher keeps its first panic
@@ -700,7 +728,7 @@ func (r *Runner[In, Out]) wallTime(t int64) time.Time {
 // clock read would cost more than the call).
 func (w *worker[In, Out]) startTiming() (int64, bool) {
 	w.seq++
-	if w.timeAll || w.seq&15 == 0 || w.r.traced {
+	if w.timeAll || w.seq&15 == 0 {
 		return w.r.env.Clock.Now(), true
 	}
 	return 0, false // no clock read: the first failure reads it (see attempts)
@@ -711,7 +739,11 @@ func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome s
 	w.workH.Record(d)
 	inc(&w.c.workNs, int64(d))
 	inc(&w.c.timed, 1)
-	w.timeAll = w.r.traced || w.r.s.cfg.timeout > 0 || w.r.s.cfg.autoscale != nil || d >= slowCall
+	if fast := d < slowCall; fast != w.fast {
+		w.fast = fast
+		w.r.in.SampleStamps(fast) // a fast stage's queue stamps one item in 16
+	}
+	w.timeAll = w.r.traced || w.r.s.cfg.timeout > 0 || w.r.s.cfg.autoscale != nil || !w.fast
 	w.r.tel.RecordWork(ctx, d, outcome, retry.ErrorType(err))
 }
 
@@ -726,7 +758,7 @@ func (w *worker[In, Out]) handle(i int) bool {
 	}
 	start, timed := w.startTiming()
 	var wait time.Duration
-	if timed {
+	if timed && e.M.Enqueued != 0 {
 		wait = time.Duration(start - e.M.Enqueued)
 		w.waitH.Record(wait)
 		r.tel.RecordWait(w.ctx, wait)
@@ -780,7 +812,7 @@ func (w *worker[In, Out]) handle(i int) bool {
 		w.filtered(e.M)
 	default:
 		r.endSpan(span, outcome)
-		inc(&w.c.succeeded, 1)
+		w.lc.succeeded++
 		m := e.M
 		if span != nil {
 			m.X = m.X.WithSpan(span.SpanContext())
@@ -813,8 +845,8 @@ func (r *Runner[In, Out]) endSpan(span trace.Span, outcome string) {
 }
 
 func (w *worker[In, Out]) filtered(m core.Meta) {
-	inc(&w.c.filtered, 1)
-	inc(&w.c.filteredUnits, int64(m.Weight))
+	w.lc.filtered++
+	w.lc.filteredUnits += int64(m.Weight)
 	m.Tracker.Done(core.Filtered)
 }
 
@@ -822,8 +854,8 @@ func (w *worker[In, Out]) filtered(m core.Meta) {
 // after the last one.
 func (w *worker[In, Out]) emit(e core.Envelope[Out]) {
 	if w.r.next == nil {
-		inc(&w.c.out, 1)
-		inc(&w.c.deliveredUnits, int64(e.M.Weight))
+		w.lc.out++
+		w.lc.deliveredUnits += int64(e.M.Weight)
 		e.M.Tracker.Done(core.Delivered)
 		return
 	}
@@ -838,7 +870,7 @@ func (w *worker[In, Out]) emitMany(e *core.Envelope[In], outs []Out, span trace.
 		w.filtered(e.M)
 		return
 	}
-	inc(&w.c.succeeded, 1)
+	w.lc.succeeded++
 	r := w.r
 	r.env.Totals.Spawned.Add(int64(len(outs)) - int64(e.M.Weight))
 	tr := e.M.Tracker.Fork(len(outs))
@@ -867,7 +899,7 @@ func (w *worker[In, Out]) runBatch() bool {
 	items := make([]core.Envelope[In], 0, r.s.size)
 	release := 0
 	for {
-		n, ok := r.in.Pop(w.buf, release, nil, w.quit)
+		n, ok := r.in.Pop(w.buf, true, release, nil, w.quit)
 		if !ok || n == 0 {
 			return true // the end of the input, or retired by the autoscaler (Pop gave the slots back)
 		}
@@ -875,7 +907,7 @@ func (w *worker[In, Out]) runBatch() bool {
 		closed := false
 		timer.Reset(r.s.maxWait)
 		for len(items) < r.s.size {
-			m, ok := r.in.Pop(w.buf[:r.s.size-len(items)], 0, timer.C, r.env.Work.Done())
+			m, ok := r.in.Pop(w.buf[:r.s.size-len(items)], true, 0, timer.C, r.env.Work.Done())
 			if !ok {
 				closed = true
 				break
@@ -898,6 +930,7 @@ func (w *worker[In, Out]) runBatch() bool {
 		if !w.handleBatch(items) {
 			return false
 		}
+		w.publish()
 		release = len(items)
 		clear(items)
 		if closed {
@@ -955,7 +988,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	}
 	w.stopTiming(start, base, tracing.OutcomeSucceeded, nil)
 	r.endSpan(span, tracing.OutcomeSucceeded)
-	inc(&w.c.succeeded, int64(len(items)))
+	w.lc.succeeded += int64(len(items))
 	m := core.Meta{Seq: r.env.Seq.Add(1), Replays: items[0].M.Replays}
 	if span != nil {
 		m.X = (*core.Extra)(nil).WithSpan(span.SpanContext())

@@ -80,6 +80,11 @@ type wcounters struct {
 	deliveredUnits, filteredUnits atomic.Int64
 }
 
+// wlocal are the counts a worker keeps in plain fields between publications.
+type wlocal struct {
+	attempts, succeeded, filtered, filteredUnits, deliveredUnits, out int64
+}
+
 func inc(c *atomic.Int64, n int64) { c.Store(c.Load() + n) }
 
 func latency(s *hist.Snapshot) Latency {

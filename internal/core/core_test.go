@@ -32,18 +32,18 @@ func TestQueueSlotsBoundWhatTheStageHolds(t *testing.T) {
 		synctest.Wait()
 		assert.Equal(t, 3, q.Len(), "three slots: the fourth item waits")
 		buf := make([]Envelope[int], 8)
-		n, ok := q.Pop(buf, 0, nil, nil)
+		n, ok := q.Pop(buf, true, 0, nil, nil)
 		require.True(t, ok)
 		assert.Equal(t, 3, n, "one consumer takes its share of a busy queue at once")
 		synctest.Wait()
 		assert.Equal(t, 0, q.Len(), "taking items frees no slot: the stage still holds them")
-		n, ok = q.Pop(buf, 3, nil, nil) // done with the three: their slots come back
+		n, ok = q.Pop(buf, true, 3, nil, nil) // done with the three: their slots come back
 		require.True(t, ok)
 		assert.Equal(t, 1, n)
 		assert.Equal(t, 4, buf[0].V)
 		assert.True(t, <-pushed)
 		q.ProducerDone()
-		_, ok = q.Pop(buf, 1, nil, nil)
+		_, ok = q.Pop(buf, true, 1, nil, nil)
 		assert.False(t, ok, "closed and empty")
 	})
 }
@@ -53,12 +53,54 @@ func TestQueueFairShareAndOrder(t *testing.T) {
 	q.AddProducers(1)
 	require.True(t, q.Push(nil, items(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)))
 	buf := make([]Envelope[int], 32)
-	n, _ := q.Pop(buf, 0, nil, nil)
+	n, _ := q.Pop(buf, true, 0, nil, nil)
 	assert.Equal(t, 3, n, "12 queued, 4 consumers: a share of 3")
 	assert.Equal(t, []int{0, 1, 2}, []int{buf[0].V, buf[1].V, buf[2].V})
-	n, _ = q.Pop(buf[:1], 0, nil, nil)
+	n, _ = q.Pop(buf[:1], true, 0, nil, nil)
 	assert.Equal(t, 1, n)
 	assert.Equal(t, 3, buf[0].V, "first in, first out")
+	q.ProducerDone()
+}
+
+func TestQueuePopAllForAFastWorker(t *testing.T) {
+	q := NewQueue[int](100, 4, Clock{Epoch: time.Now()})
+	q.AddProducers(1)
+	require.True(t, q.Push(nil, items(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)))
+	buf := make([]Envelope[int], 8)
+	n, _ := q.Pop(buf, false, 0, nil, nil)
+	assert.Equal(t, 8, n, "no share: as many as dst holds")
+	n, _ = q.Pop(buf, false, 0, nil, nil)
+	assert.Equal(t, 4, n, "then the rest")
+	assert.Equal(t, 8, buf[0].V)
+	q.ProducerDone()
+}
+
+func TestQueueStampsOneItemInSixteen(t *testing.T) {
+	q := NewQueue[int](100, 1, Clock{Epoch: time.Now().Add(-time.Second)})
+	q.AddProducers(1)
+	require.True(t, q.Push(nil, items(0)))
+	buf := make([]Envelope[int], 40)
+	n, _ := q.Pop(buf, false, 0, nil, nil)
+	require.Equal(t, 1, n)
+	assert.NotZero(t, buf[0].M.Enqueued, "every item until the consumers are known to be fast")
+	q.SampleStamps(true)
+	for i := range buf {
+		buf[i].V = i
+	}
+	require.True(t, q.Push(nil, buf))
+	n, _ = q.Pop(buf, false, 1, nil, nil)
+	require.Equal(t, 40, n)
+	for i, e := range buf[:n] {
+		assert.Equal(t, (i+1)%16 == 0, e.M.Enqueued != 0, "item %d (the %dth pushed)", i, i+2)
+	}
+	q.StampAll()
+	require.True(t, q.Push(nil, buf[:3]))
+	n, _ = q.Pop(buf, false, 40, nil, nil)
+	require.Equal(t, 3, n)
+	q.SampleStamps(false)
+	for _, e := range buf[:n] {
+		assert.NotZero(t, e.M.Enqueued, "every item once StampAll was called")
+	}
 	q.ProducerDone()
 }
 
@@ -75,20 +117,20 @@ func TestQueuePushParksWhenStopped(t *testing.T) {
 func TestQueueOfferAndTimeouts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		q := NewQueue[int](1, 1, Clock{Epoch: time.Now()})
-		assert.Equal(t, Admitted, q.Offer(Envelope[int]{V: 1}, 0, OverflowReject, nil, nil))
-		assert.Equal(t, Full, q.Offer(Envelope[int]{V: 2}, 0, OverflowReject, nil, nil), "reject: full fails at once")
+		assert.Equal(t, Admitted, q.Offer(Envelope[int]{V: 1}, OverflowReject, nil, nil))
+		assert.Equal(t, Full, q.Offer(Envelope[int]{V: 2}, OverflowReject, nil, nil), "reject: full fails at once")
 		stop := make(chan struct{})
 		go func() { time.Sleep(time.Second); close(stop) }()
 		start := time.Now()
-		assert.Equal(t, Stopped, q.Offer(Envelope[int]{V: 2}, 0, OverflowBlock, stop, nil))
+		assert.Equal(t, Stopped, q.Offer(Envelope[int]{V: 2}, OverflowBlock, stop, nil))
 		assert.Equal(t, time.Second, time.Since(start))
 
 		buf := make([]Envelope[int], 1)
-		n, ok := q.Pop(buf, 0, nil, nil)
+		n, ok := q.Pop(buf, true, 0, nil, nil)
 		assert.Equal(t, 1, n)
 		assert.True(t, ok)
 		timer := time.NewTimer(50 * time.Millisecond)
-		n, ok = q.Pop(buf, 0, timer.C, nil)
+		n, ok = q.Pop(buf, true, 0, timer.C, nil)
 		assert.Zero(t, n)
 		assert.True(t, ok, "a timeout is not the end")
 	})
@@ -114,7 +156,7 @@ func TestQueueConcurrent(t *testing.T) {
 			buf := make([]Envelope[int], 4)
 			release := 0
 			for {
-				n, ok := q.Pop(buf, release, nil, nil)
+				n, ok := q.Pop(buf, true, release, nil, nil)
 				if !ok {
 					return
 				}
@@ -167,13 +209,13 @@ func TestQueueOverflowPolicies(t *testing.T) {
 	require.True(t, q.Push(nil, items(1, 2, 3, 4)))
 	assert.Equal(t, []int{1, 2}, *ev, "the oldest queued items make room")
 	buf := make([]Envelope[int], 2)
-	n, _ := q.Pop(buf, 0, nil, nil)
+	n, _ := q.Pop(buf, true, 0, nil, nil)
 	assert.Equal(t, []int{3, 4}, []int{buf[0].V, buf[1].V}[:n])
 
 	q, ev = newQ(OverflowDeadLetter)
 	require.True(t, q.Push(nil, items(1, 2, 3)))
 	assert.Equal(t, []int{3}, *ev, "the new item is dead-lettered")
-	assert.Equal(t, Evicted, q.Offer(Envelope[int]{V: 9}, 0, OverflowDeadLetter, nil, nil))
+	assert.Equal(t, Evicted, q.Offer(Envelope[int]{V: 9}, OverflowDeadLetter, nil, nil))
 	assert.Equal(t, []int{3, 9}, *ev)
 
 	// Drop-oldest waits when every slot is held by a worker: there is nothing queued to drop.
@@ -181,7 +223,7 @@ func TestQueueOverflowPolicies(t *testing.T) {
 		q, ev := newQ(OverflowDropOldest)
 		require.True(t, q.Push(nil, items(1, 2)))
 		buf := make([]Envelope[int], 2)
-		n, _ := q.Pop(buf, 0, nil, nil)
+		n, _ := q.Pop(buf, true, 0, nil, nil)
 		require.Equal(t, 2, n)
 		done := make(chan bool)
 		go func() { done <- q.Push(nil, items(3)) }()

@@ -30,6 +30,8 @@ type Queue[T any] struct {
 	pushed    atomic.Int64
 	consumers int
 	clock     Clock
+	stampAll  atomic.Bool
+	sampled   atomic.Bool
 
 	// Park dead-letters an item for the queue's stage (reason shutdown) or hands it back to its
 	// source, when it cannot be put in because the run is stopping.
@@ -90,12 +92,35 @@ func (q *Queue[T]) ProducerDone() {
 	q.mu.Unlock()
 }
 
+// StampAll makes the queue stamp every item with the time it was put in (Meta.Enqueued), for
+// good: for a stage that needs the queue wait of every item (a traced or batching one).
+func (q *Queue[T]) StampAll() { q.stampAll.Store(true) }
+
+// SampleStamps says whether the queue's consumers are fast, so that stamping one item in
+// stampEvery is enough (a clock read costs more than a fast stage's call, and a sample is
+// enough for its wait histogram); the others carry 0. Until then, every item is stamped.
+func (q *Queue[T]) SampleStamps(fast bool) { q.sampled.Store(fast) }
+
+const stampEvery = 16
+
 // put copies items into free slots; the caller holds the lock and made sure q.free > 0.
-func (q *Queue[T]) put(items []Envelope[T], now int64) int {
+func (q *Queue[T]) put(items []Envelope[T]) int {
 	k := min(q.free, len(items))
-	tail := (q.head + q.n) % len(q.ring)
+	tail := q.head + q.n
+	if tail >= len(q.ring) {
+		tail -= len(q.ring)
+	}
+	pushed := q.pushed.Load()
+	all := q.stampAll.Load() || !q.sampled.Load()
+	now := int64(0)
 	for i := range k {
-		items[i].M.Enqueued = now
+		items[i].M.Enqueued = 0
+		if all || (pushed+int64(i))%stampEvery == 0 {
+			if now == 0 {
+				now = max(q.clock.Now(), 1) // 0 means not stamped
+			}
+			items[i].M.Enqueued = now
+		}
 		q.ring[tail] = items[i]
 		if tail++; tail == len(q.ring) {
 			tail = 0
@@ -104,7 +129,7 @@ func (q *Queue[T]) put(items []Envelope[T], now int64) int {
 	q.n += k
 	q.free -= k
 	q.queued.Store(int64(q.n))
-	q.pushed.Store(q.pushed.Load() + int64(k)) // under the lock
+	q.pushed.Store(pushed + int64(k)) // under the lock
 	if q.consWait > 0 {
 		signal(q.notEmpty)
 	}
@@ -133,7 +158,7 @@ const (
 // insert puts items in per policy. It returns how many went in; the items evicted (old queued
 // ones, or new ones), which the caller hands to Evict outside the lock; and stopped when stop1
 // or stop2 ended while it waited (items[n:] were not put in).
-func (q *Queue[T]) insert(items []Envelope[T], now int64, policy Overflow, stop1, stop2 <-chan struct{}) (n int, evicted []Envelope[T], stopped bool) {
+func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}) (n int, evicted []Envelope[T], stopped bool) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -141,7 +166,7 @@ func (q *Queue[T]) insert(items []Envelope[T], now int64, policy Overflow, stop1
 	}
 	for len(items) > 0 {
 		if q.free > 0 {
-			k := q.put(items, now)
+			k := q.put(items)
 			items, n = items[k:], n+k
 			continue
 		}
@@ -205,7 +230,7 @@ func (q *Queue[T]) evict(items []Envelope[T]) {
 // free slots when it blocks. If stop ends first, the items not yet in are parked and Push
 // returns false.
 func (q *Queue[T]) Push(stop <-chan struct{}, items []Envelope[T]) bool {
-	n, evicted, stopped := q.insert(items, q.clock.Now(), q.Policy, stop, nil)
+	n, evicted, stopped := q.insert(items, q.Policy, stop, nil)
 	q.evict(evicted)
 	if stopped {
 		for _, e := range items[n:] {
@@ -234,10 +259,10 @@ const (
 	Closed
 )
 
-// Offer puts one item into the queue, enqueued at now (on the run's clock), under policy.
-func (q *Queue[T]) Offer(e Envelope[T], now int64, policy Overflow, stop1, stop2 <-chan struct{}) OfferResult {
+// Offer puts one item into the queue under policy.
+func (q *Queue[T]) Offer(e Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}) OfferResult {
 	one := [1]Envelope[T]{e}
-	n, evicted, stopped := q.insert(one[:], now, policy, stop1, stop2)
+	n, evicted, stopped := q.insert(one[:], policy, stop1, stop2)
 	q.evict(evicted)
 	switch {
 	case n == 1:
@@ -269,12 +294,13 @@ func (q *Queue[T]) release(n int) {
 	}
 }
 
-// Pop gives back release slots, then takes up to len(dst) items into dst: its fair share of
-// what is queued (at least one), so that a busy queue hands items out in batches while a
-// quiet one hands out each item at once. It waits while the queue is empty, until timeout
-// fires or cancel ends (nil: never; then it returns 0, true). It returns ok false once the
-// queue is closed and empty.
-func (q *Queue[T]) Pop(dst []Envelope[T], release int, timeout <-chan time.Time, cancel <-chan struct{}) (n int, ok bool) {
+// Pop gives back release slots, then takes up to len(dst) queued items into dst: all it can
+// when share is false (a worker whose calls are known to be fast: one lock for many items), or
+// else its fair share of what is queued (at least one), so that slow calls do not leave items
+// waiting in one worker's hands while others are idle. A quiet queue hands out each item at
+// once. It waits while the queue is empty, until timeout fires or cancel ends (nil: never; then
+// it returns 0, true). It returns ok false once the queue is closed and empty.
+func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-chan time.Time, cancel <-chan struct{}) (n int, ok bool) {
 	q.mu.Lock()
 	if release > 0 {
 		q.release(release)
@@ -289,12 +315,17 @@ func (q *Queue[T]) Pop(dst []Envelope[T], release int, timeout <-chan time.Time,
 		}
 		q.consWait++
 		q.mu.Unlock()
-		woken := false
-		select {
-		case <-q.notEmpty:
-			woken = true
-		case <-timeout:
-		case <-cancel:
+		woken := true
+		if timeout == nil && cancel == nil {
+			<-q.notEmpty // nothing else to wait for: cheaper than a select
+		} else {
+			select {
+			case <-q.notEmpty:
+			case <-timeout:
+				woken = false
+			case <-cancel:
+				woken = false
+			}
 		}
 		q.mu.Lock()
 		q.consWait--
@@ -306,7 +337,10 @@ func (q *Queue[T]) Pop(dst []Envelope[T], release int, timeout <-chan time.Time,
 			return 0, true
 		}
 	}
-	k := min(len(dst), max(1, q.n/q.consumers))
+	k := min(len(dst), q.n)
+	if share {
+		k = min(k, max(1, q.n/q.consumers))
+	}
 	for i := range k {
 		dst[i] = q.ring[q.head]
 		q.ring[q.head] = Envelope[T]{}

@@ -19,7 +19,7 @@ func TestQueueDropOldestWakesAWaiterWhenItemsAreQueued(t *testing.T) {
 		t.Fatal("push")
 	}
 	dst := make([]Envelope[int], 1)
-	if n, _ := q.Pop(dst, 0, nil, nil); n != 1 { // the worker holds the only slot
+	if n, _ := q.Pop(dst, true, 0, nil, nil); n != 1 { // the worker holds the only slot
 		t.Fatal("pop")
 	}
 	done := make(chan int, 2)
