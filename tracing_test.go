@@ -3,6 +3,7 @@ package sluice_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -240,4 +241,90 @@ func TestCircuitBreakerSpanEvents(t *testing.T) {
 		}
 	}
 	assert.ElementsMatch(t, []string{"state:open", "refused"}, events)
+}
+
+// spySampler remembers, for each span it is asked about, its name, trace ID and parent, and
+// leaves the decision to a parent-based sampler that samples no root.
+type spySampler struct {
+	mu    sync.Mutex
+	calls []sdktrace.SamplingParameters
+}
+
+func (s *spySampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	s.mu.Lock()
+	p.Attributes, p.Links = nil, nil
+	s.calls = append(s.calls, p)
+	s.mu.Unlock()
+	return sdktrace.ParentBased(sdktrace.NeverSample()).ShouldSample(p)
+}
+
+func (s *spySampler) Description() string { return "spySampler" }
+
+// An item's unsampled spans form one unsampled trace through every stage: each span after the
+// first has a local, unsampled parent in the item's trace, so a parent-based sampler drops it
+// too; an item submitted under a remote unsampled parent stays in that parent's trace.
+func TestUnsampledTraceStaysOneTrace(t *testing.T) {
+	spy := &spySampler{}
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(spy), sdktrace.WithSpanProcessor(rec))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	id := func(name string) *stage.Stage[int, int] {
+		return stage.Map(name, func(_ context.Context, n int) (int, error) { return n, nil }, stage.Workers(2))
+	}
+	p, err := pipeline.New("unsampled", pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Input[int](), id("a")), id("b")), id("c")),
+		pipeline.WithTracerProvider(tp))
+	require.NoError(t, err)
+
+	remote := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9},
+		SpanID:  trace.SpanID{9, 9, 9, 9, 9, 9, 9, 9},
+		Remote:  true,
+	})
+	push := pipeline.NewPush[int]()
+	job, err := p.Start(context.Background(), push)
+	require.NoError(t, err)
+	const n = 50
+	for i := range n {
+		ctx := context.Background()
+		if i == 0 {
+			ctx = trace.ContextWithRemoteSpanContext(ctx, remote)
+		}
+		require.NoError(t, push.SubmitItem(ctx, pipeline.Item[int]{Value: i}))
+	}
+	push.Close()
+	report, err := job.Wait()
+	require.NoError(t, err)
+	requireBalanced(t, report)
+	assert.Empty(t, rec.Started(), "nothing is recorded")
+
+	traces := map[string]map[trace.TraceID]bool{}
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	for _, c := range spy.calls {
+		if c.Name == "sluice.probe" {
+			continue
+		}
+		if traces[c.Name] == nil {
+			traces[c.Name] = map[trace.TraceID]bool{}
+		}
+		traces[c.Name][c.TraceID] = true
+		parent := trace.SpanContextFromContext(c.ParentContext)
+		if c.Name == "process a" {
+			if c.TraceID == remote.TraceID() {
+				assert.Equal(t, remote, parent, "the submitted parent")
+			} else {
+				assert.False(t, parent.IsValid(), "an item without a parent starts a trace")
+			}
+			continue
+		}
+		require.True(t, parent.IsValid(), c.Name)
+		assert.False(t, parent.IsRemote(), c.Name)
+		assert.False(t, parent.IsSampled(), c.Name)
+		assert.Equal(t, c.TraceID, parent.TraceID(), "%s: a child in the item's trace", c.Name)
+		assert.NotEqual(t, remote.SpanID(), parent.SpanID(), "%s: the child of a span of this pipeline", c.Name)
+	}
+	require.Len(t, traces["process a"], n, "one trace per item")
+	assert.True(t, traces["process a"][remote.TraceID()])
+	assert.Equal(t, traces["process a"], traces["process b"])
+	assert.Equal(t, traces["process a"], traces["process c"])
 }

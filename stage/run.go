@@ -743,7 +743,7 @@ func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome s
 		w.fast = fast
 		w.r.in.SampleStamps(fast) // a fast stage's queue stamps one item in 16
 	}
-	w.timeAll = w.r.traced || w.r.s.cfg.timeout > 0 || w.r.s.cfg.autoscale != nil || !w.fast
+	w.timeAll = w.r.s.cfg.timeout > 0 || w.r.s.cfg.autoscale != nil || !w.fast
 	w.r.tel.RecordWork(ctx, d, outcome, retry.ErrorType(err))
 }
 
@@ -811,12 +811,12 @@ func (w *worker[In, Out]) handle(i int) bool {
 		r.endSpan(span, outcome)
 		w.filtered(e.M)
 	default:
-		r.endSpan(span, outcome)
-		w.lc.succeeded++
 		m := e.M
 		if span != nil {
-			m.X = m.X.WithSpan(span.SpanContext())
+			r.carrySpan(&m, span) // before endSpan: it asks whether the span records
 		}
+		r.endSpan(span, outcome)
+		w.lc.succeeded++
 		w.emit(core.Envelope[Out]{V: out, M: m})
 	}
 	if timed {
@@ -832,7 +832,15 @@ func (r *Runner[In, Out]) startSpan(ctx context.Context, m *core.Meta, wait time
 	if l := m.Link(); l.IsValid() {
 		links = tracing.Links(nil, l)
 	}
-	return r.tel.Start(ctx, m.Span(), m.CorrelationID(r.env.Prefix), wait, links...)
+	// The correlation ID and the queue wait are only computed for a span that records them.
+	return r.tel.StartLazy(ctx, m.Span(),
+		func() string { return m.CorrelationID(r.env.Prefix) },
+		func() time.Duration {
+			if wait == 0 { // an untimed item (see startTiming)
+				wait = time.Duration(r.env.Clock.Now() - m.Enqueued)
+			}
+			return wait
+		}, links...)
 }
 
 // endSpan ends a span whose item did not fail (nil-safe).
@@ -842,6 +850,18 @@ func (r *Runner[In, Out]) endSpan(span trace.Span, outcome string) {
 	}
 	r.tel.Outcome(span, outcome)
 	span.End()
+}
+
+// carrySpan makes span, the item's span in this stage, the parent of its span in the next
+// stage: m is the meta the item goes on with. There is none after the last stage; and a span
+// that does not record and can stand aside (see tracing.Transparent) leaves m as it is, so that
+// the next span is a sibling in the same unsampled trace, without allocating a new Extra. Call
+// it before the span ends (an ended span does not record).
+func (r *Runner[In, Out]) carrySpan(m *core.Meta, span trace.Span) {
+	if r.next == nil || (!m.Link().IsValid() && tracing.Transparent(span, m.Span())) {
+		return
+	}
+	m.X = m.X.WithSpan(span.SpanContext())
 }
 
 func (w *worker[In, Out]) filtered(m core.Meta) {

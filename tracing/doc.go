@@ -40,8 +40,17 @@
 //     the worker context's span) and links to the span of every item it
 //     carries ([Links]). A replayed item's span links to the span of the
 //     attempt that dead-lettered it.
-//   - All sampler-relevant attributes are passed at start (samplers see
-//     them); attributes added later are set only if the span is recording.
+//   - Samplers (and span processors' OnStart) see the span's name, kind,
+//     parent and links, but no attribute: every attribute is set after
+//     start, and only if the span is recording, so that a span that is not
+//     sampled costs no attribute. To sample by stage, match the span name
+//     ("process <stage>").
+//   - A span that does not record, in an unsampled trace it shares with its
+//     local parent (see [Transparent]), is not carried to the next stage:
+//     the item's next span becomes its sibling, a child of the same parent,
+//     in the same trace and with the same sampling decision. An item thus
+//     carries one span context through the stages of an unsampled trace
+//     rather than one per stage.
 //   - Retried attempts add an event "retry" and leave the status unset. A
 //     final failure sets status Error, error.type, sluice.dlq.reason and
 //     sluice.attempts, and adds an event "dead_letter". Success and
@@ -53,12 +62,12 @@
 // # Span attributes and events
 //
 //	Attribute                          Type     Where        Value
-//	sluice.stage                       string   start        stage name
-//	sluice.pipeline                    string   start        Config.Pipeline, if set
-//	messaging.operation.type           string   start        "process"
-//	messaging.operation.name           string   start        "process"
-//	messaging.message.conversation_id  string   start        correlation ID, if set
-//	sluice.queue.wait                  float64  start        seconds in the input queue
+//	sluice.stage                       string   start (1)    stage name
+//	sluice.pipeline                    string   start (1)    Config.Pipeline, if set
+//	messaging.operation.type           string   start (1)    "process"
+//	messaging.operation.name           string   start (1)    "process"
+//	messaging.message.conversation_id  string   start (1)    correlation ID, if set
+//	sluice.queue.wait                  float64  start (1)    seconds in the input queue
 //	sluice.outcome                     string   end          succeeded | filtered | dead_lettered | returned | stranded
 //	error.type                         string   failure      low-cardinality error class ("_OTHER" if none)
 //	sluice.dlq.reason                  string   failure      error | permanent | timeout | panic | overflow | shutdown | circuit_open
@@ -69,6 +78,9 @@
 //	             sluice.retry.delay (float64 seconds), exception.message
 //	dead_letter  sluice.dlq.reason, error.type, sluice.attempts,
 //	             exception.message
+//
+// (1) Set by [StageTelemetry.Start] right after the span starts, if it is
+// recording: samplers do not see them.
 //
 // With [Config.Baggage] the correlation ID is also put in the context's
 // baggage as member "sluice.correlation_id", so that it reaches every
@@ -82,7 +94,9 @@
 // [Config.Pipeline] is set (so that pipelines of one process reusing stage
 // names stay apart). Counters and gauges are observable, read from the
 // stage's own counters by one callback registered with
-// [Telemetry.RegisterStages]; only the two histograms are recorded per item.
+// [Telemetry.RegisterStages]; only the two histograms are recorded per item
+// (per timed item: stage code times one item in 16 of a fast stage, see
+// Cost rules).
 //
 //	Name                          Instrument                   Unit       Extra attributes
 //	sluice.stage.items.in         Int64ObservableCounter       {item}
@@ -120,19 +134,26 @@
 //     Start, so spans cost nothing. It is decided once, by New: create the
 //     Telemetry after installing the SDK. [StageTelemetry.RecordWait] and
 //     [StageTelemetry.RecordWork] do not allocate without an SDK.
-//   - With an SDK whose sampler does not sample, Start still builds the
-//     start attributes (the sampler reads them) and the span has a valid
-//     context that propagates; Retry, Succeeded, Filtered, Outcome and Failed
-//     return at once on a non-recording span, without building anything.
+//   - With an SDK whose sampler does not sample, Start builds nothing:
+//     no attribute, and no correlation ID or queue wait with
+//     [StageTelemetry.StartLazy] (which stage code uses); the span still has
+//     a valid context that propagates. Retry, Succeeded, Filtered, Outcome
+//     and Failed return at once on a non-recording span, without building
+//     anything. Stage code reads the clock for an item's queue wait only
+//     when its span records, or when the item is timed anyway for the
+//     histograms (see below).
 //   - Counters cost nothing per item: the stage keeps its own counters, and
 //     the callback reads them once per collection.
 //
 // Measured with the benchmarks of this package (2 cores, Go 1.26, OTel
-// v1.47): Start+Succeeded+End without an SDK costs 6 allocations (stage
-// code skips it); with an SDK and NeverSample, 6 allocations with a parent
-// (5 without): one for Start's scratch (parent, attributes, options), one
-// boxing the attributes option, one for the context carrying the parent,
-// and three in the SDK (its copy of the attributes, the span, the span's
-// context); sampled, with a do-nothing exporter, 11. Retry, Failed, Succeeded and Filtered on a non-recording span: 0.
+// v1.47): with an SDK and NeverSample, Start+Succeeded+End costs 3
+// allocations with a parent (2 without): one context carrying the parent
+// (a single object that is both the context and the parent span), and the
+// SDK's two (its span and the context that carries it); sampled, with a
+// do-nothing exporter, 8. Without an SDK, stage code never calls Start.
+// Retry, Failed, Succeeded and Filtered on a non-recording span: 0.
 // RecordWait and RecordWork: 0, without an SDK and with the metric SDK.
+// Stage code records the two histograms for the items it times: every item
+// of a slow stage (or one with a timeout or an autoscaler), one in 16 of a
+// fast one, whether or not spans are on.
 package tracing

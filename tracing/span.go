@@ -22,67 +22,103 @@ import (
 // submitted or replayed with) is the parent, local or remote as its
 // IsRemote says. With neither, the span is a new root.
 //
-// Every attribute a sampler may use is given at start: sluice.stage,
-// sluice.pipeline (if configured), messaging.operation.type and
-// messaging.operation.name ("process"), sluice.queue.wait (wait in seconds)
-// and messaging.message.conversation_id (if correlationID is not empty).
-// links are added at start too: a batch links to the spans of the items it
-// carries (see [Links]), a replayed item to the span that dead-lettered it.
+// The sampler sees the span name, kind, parent and links, but no
+// attribute: links are given at start (a batch links to the spans of the
+// items it carries, see [Links]; a replayed item to the span that
+// dead-lettered it), while the attributes are set just after start, and only
+// if the span is recording: sluice.stage, sluice.pipeline (if configured),
+// messaging.operation.type and messaging.operation.name ("process"),
+// sluice.queue.wait (wait in seconds) and messaging.message.conversation_id
+// (if correlationID is not empty). A span that is not sampled thus costs no
+// attribute (see Cost rules in the package documentation). To sample by
+// stage, match the span name.
 //
 // With [Config.Baggage], the returned context also carries correlationID in
 // the baggage member [BaggageCorrelationID].
 //
 // Start always creates a span; stage code calls it only when
-// [Telemetry.TracingEnabled] reports true.
+// [Telemetry.TracingEnabled] reports true. [StageTelemetry.StartLazy] is the
+// same for callers whose correlation ID or queue wait costs something to
+// compute.
 func (s *StageTelemetry) Start(ctx context.Context, parent trace.SpanContext, correlationID string,
 	wait time.Duration, links ...trace.Link) (context.Context, trace.Span) {
+	return s.StartLazy(ctx, parent,
+		func() string { return correlationID },
+		func() time.Duration { return wait }, links...)
+}
+
+// StartLazy is [StageTelemetry.Start] with the correlation ID and the queue
+// wait computed only when they are used: correlationID is called when the
+// span is recording or with [Config.Baggage], wait when the span is
+// recording, each at most once, before StartLazy returns. Either may be nil
+// (no correlation ID, a zero wait). When the sampler drops the span, neither
+// is called (but for correlationID with Config.Baggage), and StartLazy
+// allocates nothing beyond what the SDK does, and one context when parent is
+// valid.
+func (s *StageTelemetry) StartLazy(ctx context.Context, parent trace.SpanContext, correlationID func() string,
+	wait func() time.Duration, links ...trace.Link) (context.Context, trace.Span) {
 	if s == nil {
 		return ctx, noop.Span{}
 	}
-	// One allocation holds the parent, the attributes and the options.
-	a := new(startArgs)
 	if parent.IsValid() {
-		// Same as trace.ContextWithSpanContext(ctx, parent), without
-		// boxing a span value: the parent lives in a.
-		a.parent.sc = parent
-		ctx = trace.ContextWithSpan(ctx, &a.parent)
+		ctx = withParent(ctx, parent)
 	}
-	if s.t.baggage && correlationID != "" {
-		ctx = withCorrelationBaggage(ctx, correlationID)
+	id, haveID := "", false
+	if s.t.baggage && correlationID != nil {
+		id, haveID = correlationID(), true
+		if id != "" {
+			ctx = withCorrelationBaggage(ctx, id)
+		}
 	}
-
-	attrs := append(a.attrs[:0], s.startAttrs...)
-	attrs = append(attrs, QueueWaitKey.Float64(wait.Seconds()))
-	if correlationID != "" {
-		attrs = append(attrs, CorrelationIDKey.String(correlationID))
-	}
-	opts := append(a.opts[:0], s.kind, trace.WithAttributes(attrs...))
+	opts := s.startOpts
 	if len(links) > 0 {
-		opts = append(opts, trace.WithLinks(links...))
+		// A new slice: s.startOpts is shared by every span of the stage.
+		opts = append(opts[:len(opts):len(opts)], trace.WithLinks(links...))
 	}
-	return s.t.tracer.Start(ctx, s.spanName, opts...)
+	ctx, span := s.t.tracer.Start(ctx, s.spanName, opts...)
+	if !span.IsRecording() {
+		return ctx, span
+	}
+	var w time.Duration
+	if wait != nil {
+		w = wait()
+	}
+	if !haveID && correlationID != nil {
+		id = correlationID()
+	}
+	span.SetAttributes(s.startAttrs...)
+	if id == "" {
+		span.SetAttributes(QueueWaitKey.Float64(w.Seconds()))
+	} else {
+		span.SetAttributes(QueueWaitKey.Float64(w.Seconds()), CorrelationIDKey.String(id))
+	}
+	return ctx, span
 }
 
-// startArgs is the per-span scratch of Start, one allocation: the parent
-// span (when given), the start attributes (at most stage, pipeline,
-// operation type and name, queue wait, correlation ID) and the start
-// options (kind, attributes, links). Nothing mutates it after Start.
-type startArgs struct {
-	parent parentSpan
-	attrs  [6]attribute.KeyValue
-	opts   [3]trace.SpanStartOption
+// withParent returns ctx carrying a non-recording span with span context sc,
+// as trace.ContextWithSpanContext(ctx, sc) does.
+func withParent(ctx context.Context, sc trace.SpanContext) context.Context {
+	return trace.ContextWithSpanContext(ctx, sc)
 }
 
-// parentSpan is a non-recording span that only carries a span context, like
-// the one trace.ContextWithSpanContext creates: the parent of a stage span.
-// Every other method is the no-op of the embedded [noop.Span].
-type parentSpan struct {
-	noop.Span
-	sc trace.SpanContext
+// Transparent reports whether span, started as a child of parent and not
+// ended yet (an ended span does not record), can stand aside: whether the
+// item's span in the next stage can be a child of parent instead of span,
+// with the same sampling decision and nothing exported differently. That is
+// the case when span neither records nor is sampled, and parent is a valid
+// local (not remote) span context of the same trace, with the same trace
+// flags and, like span's, no trace state: a parent-based sampler then
+// decides alike for either parent, and neither span is exported. Stage code
+// uses it to carry one span context per item through the stages of an
+// unsampled trace, instead of one per stage.
+func Transparent(span trace.Span, parent trace.SpanContext) bool {
+	if span == nil || span.IsRecording() || !parent.IsValid() || parent.IsRemote() {
+		return false
+	}
+	sc := span.SpanContext()
+	return !sc.IsSampled() && sc.TraceID() == parent.TraceID() && sc.TraceFlags() == parent.TraceFlags() &&
+		sc.TraceState().Len() == 0 && parent.TraceState().Len() == 0
 }
-
-// SpanContext returns the parent's span context.
-func (p *parentSpan) SpanContext() trace.SpanContext { return p.sc }
 
 // Links appends to dst a link to each valid span context of items, and
 // returns the extended slice: the links of a batch's span to the spans of the
@@ -133,7 +169,7 @@ func (s *StageTelemetry) Outcome(span trace.Span, outcome string) {
 		return
 	}
 	if i := outcomeIndex(outcome); i >= 0 {
-		span.SetAttributes(s.outcomeKV[i])
+		span.SetAttributes(s.outcomeKV[i : i+1]...) // no slice to allocate for the call
 		return
 	}
 	span.SetAttributes(OutcomeKey.String(outcome))

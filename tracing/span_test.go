@@ -120,11 +120,12 @@ func TestStartWithoutParent(t *testing.T) {
 	assert.Equal(t, submit.SpanContext().TraceID(), spans[1].SpanContext().TraceID())
 }
 
-// recordingSampler samples everything and remembers the attributes and
-// links each span name was started with.
+// recordingSampler samples everything and remembers the attributes, kind
+// and links each span name was started with.
 type recordingSampler struct {
 	mu    sync.Mutex
 	attrs map[string][]attribute.KeyValue
+	kinds map[string]trace.SpanKind
 	links map[string]int
 }
 
@@ -132,6 +133,7 @@ func (r *recordingSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.attrs[p.Name] = append([]attribute.KeyValue(nil), p.Attributes...)
+	r.kinds[p.Name] = p.Kind
 	r.links[p.Name] = len(p.Links)
 	return sdktrace.SamplingResult{
 		Decision:   sdktrace.RecordAndSample,
@@ -141,23 +143,139 @@ func (r *recordingSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.
 
 func (r *recordingSampler) Description() string { return "recordingSampler" }
 
-func TestStartAttributesVisibleToSampler(t *testing.T) {
-	rs := &recordingSampler{attrs: map[string][]attribute.KeyValue{}, links: map[string]int{}}
-	tel, _, _ := newTraced(t, rs, Config{Pipeline: "p"})
+// The sampler sees the name, kind and links of a span but no attribute: they
+// are set after start, on a recording span only.
+func TestSamplerSeesNameKindLinks(t *testing.T) {
+	rs := &recordingSampler{attrs: map[string][]attribute.KeyValue{}, kinds: map[string]trace.SpanKind{}, links: map[string]int{}}
+	tel, sr, _ := newTraced(t, rs, Config{Pipeline: "p"})
 	links := Links(nil, testSpanContext(t, trace.FlagsSampled))
 	_, span := tel.Stage("load").Start(context.Background(), trace.SpanContext{}, "c-1", 250*time.Millisecond, links...)
 	span.End()
 
 	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	a := attrMap(rs.attrs["process load"])
+	assert.Empty(t, rs.attrs["process load"])
+	assert.Equal(t, trace.SpanKindInternal, rs.kinds["process load"])
+	assert.Equal(t, 1, rs.links["process load"])
+	rs.mu.Unlock()
+
+	require.Len(t, sr.Ended(), 1)
+	a := attrMap(sr.Ended()[0].Attributes())
 	assert.Equal(t, "load", a[StageKey].AsString())
 	assert.Equal(t, "p", a[PipelineKey].AsString())
 	assert.Equal(t, "process", a[OperationTypeKey].AsString())
 	assert.Equal(t, "process", a[OperationNameKey].AsString())
 	assert.Equal(t, "c-1", a[CorrelationIDKey].AsString())
 	assert.Equal(t, 0.25, a[QueueWaitKey].AsFloat64())
-	assert.Equal(t, 1, rs.links["process load"])
+}
+
+// StartLazy computes the correlation ID and the wait only for a span that
+// records them, or the ID for the baggage.
+func TestStartLazyComputesOnlyWhatIsUsed(t *testing.T) {
+	var ids, waits int
+	id := func() string { ids++; return "c-9" }
+	wait := func() time.Duration { waits++; return time.Second }
+	parent := testSpanContext(t, 0)
+
+	never, _, _ := newTraced(t, sdktrace.NeverSample(), Config{})
+	_, span := never.Stage("s").StartLazy(context.Background(), parent, id, wait)
+	span.End()
+	assert.Equal(t, [2]int{0, 0}, [2]int{ids, waits}, "nothing computed for a span that is not recorded")
+
+	bag, _, _ := newTraced(t, sdktrace.NeverSample(), Config{Baggage: true})
+	ctx, span := bag.Stage("s").StartLazy(context.Background(), parent, id, wait)
+	span.End()
+	assert.Equal(t, [2]int{1, 0}, [2]int{ids, waits}, "the ID goes into the baggage")
+	assert.Equal(t, "c-9", baggage.FromContext(ctx).Member(BaggageCorrelationID).Value())
+
+	ids, waits = 0, 0
+	always, sr, _ := newTraced(t, sdktrace.AlwaysSample(), Config{Baggage: true})
+	_, span = always.Stage("s").StartLazy(context.Background(), parent, id, wait)
+	span.End()
+	assert.Equal(t, [2]int{1, 1}, [2]int{ids, waits}, "each computed once")
+	a := attrMap(sr.Ended()[0].Attributes())
+	assert.Equal(t, "c-9", a[CorrelationIDKey].AsString())
+	assert.Equal(t, 1.0, a[QueueWaitKey].AsFloat64())
+
+	_, span = always.Stage("s").StartLazy(context.Background(), parent, nil, nil)
+	span.End()
+	a = attrMap(sr.Ended()[1].Attributes())
+	_, hasID := a[CorrelationIDKey]
+	assert.False(t, hasID)
+	assert.Equal(t, 0.0, a[QueueWaitKey].AsFloat64())
+	assert.Equal(t, parent.SpanID(), sr.Ended()[1].Parent().SpanID())
+}
+
+// withParent's context carries the parent as trace.ContextWithSpanContext's
+// does, and passes everything else to the context it wraps.
+func TestWithParent(t *testing.T) {
+	type key struct{}
+	base, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+	sc := testSpanContext(t, trace.FlagsSampled)
+	ctx := withParent(base, sc)
+
+	span := trace.SpanFromContext(ctx)
+	assert.Equal(t, sc, span.SpanContext())
+	assert.Equal(t, sc, trace.SpanContextFromContext(ctx))
+	assert.False(t, span.IsRecording())
+	span.SetAttributes(StageKey.String("x")) // no-ops
+	span.AddEvent("e")
+	span.End()
+	assert.Equal(t, "v", ctx.Value(key{}))
+
+	// Derived contexts see the parent and the cancellation.
+	child, stop := context.WithCancel(ctx)
+	defer stop()
+	assert.Equal(t, sc, trace.SpanContextFromContext(child))
+	cancel()
+	<-child.Done()
+	assert.ErrorIs(t, ctx.Err(), context.Canceled)
+
+	// A span started in it is shadowed by the new one.
+	_, tp := newTracedProvider(t)
+	inner, s := tp.Tracer("test").Start(ctx, "child")
+	assert.Equal(t, s, trace.SpanFromContext(inner))
+	s.End()
+}
+
+// newTracedProvider returns an SDK tracer provider sampling everything.
+func newTracedProvider(t *testing.T) (*tracetest.SpanRecorder, *sdktrace.TracerProvider) {
+	t.Helper()
+	sr := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return sr, tp
+}
+
+func TestTransparent(t *testing.T) {
+	never, _, _ := newTraced(t, sdktrace.NeverSample(), Config{})
+	always, _, _ := newTraced(t, sdktrace.AlwaysSample(), Config{})
+	unsampled := testSpanContext(t, 0)
+	remote := unsampled.WithRemote(true)
+	sampled := testSpanContext(t, trace.FlagsSampled)
+	ts, err := trace.ParseTraceState("vendor=x")
+	require.NoError(t, err)
+	withState := unsampled.WithTraceState(ts)
+
+	for _, tc := range []struct {
+		name   string
+		tel    *Telemetry
+		parent trace.SpanContext
+		want   bool
+	}{
+		{"unsampled child of a local unsampled parent", never, unsampled, true},
+		{"no parent: a new trace", never, trace.SpanContext{}, false},
+		{"remote parent", never, remote, false},
+		{"unsampled child of a sampled parent", never, sampled, false},
+		{"parent with a trace state", never, withState, false},
+		{"recording span", always, unsampled, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, span := tc.tel.Stage("s").Start(context.Background(), tc.parent, "", 0)
+			assert.Equal(t, tc.want, Transparent(span, tc.parent))
+			span.End()
+		})
+	}
+	assert.False(t, Transparent(nil, unsampled))
 }
 
 func TestBatchLinks(t *testing.T) {

@@ -238,7 +238,8 @@ type StageTelemetry struct {
 
 	// Spans.
 	kind        trace.SpanStartOption
-	startAttrs  []attribute.KeyValue // stage, [pipeline], operation type and name
+	startAttrs  []attribute.KeyValue    // stage, [pipeline], operation type and name
+	startOpts   []trace.SpanStartOption // kind: shared, never appended to in place
 	outcomeKV   [5]attribute.KeyValue
 	reasonKV    [7]attribute.KeyValue
 	baseMetrics []attribute.KeyValue // stage, [pipeline]: to build rare sets
@@ -270,6 +271,7 @@ func newStage(t *Telemetry, name string) *StageTelemetry {
 	s.startAttrs = append(append([]attribute.KeyValue(nil), base...),
 		OperationTypeKey.String(OperationProcess),
 		OperationNameKey.String(OperationProcess))
+	s.startOpts = []trace.SpanStartOption{s.kind}
 
 	with := func(extra ...attribute.KeyValue) attribute.Set {
 		kvs := make([]attribute.KeyValue, 0, len(base)+len(extra))
