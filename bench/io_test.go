@@ -17,7 +17,10 @@ const (
 // ioShape: stage 2 sleeps 1 ms before x+1 and has 64 workers; stages 1 and 3 are x+1 with 4.
 func ioShape() shape[int] {
 	sleepInc := func(x int) int {
+		t := time.Now()
 		time.Sleep(ioSleep)
+		inRunSleep.Add(int64(time.Since(t)))
+		inRunSleeps.Add(1)
 		return x + 1
 	}
 	return shape[int]{
@@ -34,6 +37,10 @@ var ioVariants = []variant[int]{
 	{"pond", buildPond[int]},
 	{"conc-pool", buildConc(concPoolStage[int])},
 }
+
+// inRunSleep and inRunSleeps add up the sleeps of the sleeping stage during a run: what
+// time.Sleep(1ms) really took there, with the pipeline around it.
+var inRunSleep, inRunSleeps atomic.Int64
 
 // measureSleep returns the mean duration of samples sequential time.Sleep(d) calls.
 func measureSleep(d time.Duration, samples int) time.Duration {
@@ -68,6 +75,9 @@ func measureConcurrentSleep(d time.Duration, n, samples int) time.Duration {
 // once, each taking what time.Sleep(1ms) really takes here (measured first, as the mean of 200
 // sleeps), at most 64/sleep items can finish per second. items/s and bound-% (items/s as a
 // percentage of that bound) are reported, and sleep-us, the measured sleep the bound rests on.
+// busy-% is the same ratio with the mean sleep as measured inside the run (the sleeps of the
+// sleeping stage, timed by the stage itself): the share of the time the pipeline kept its 64
+// workers sleeping, apart from how much longer the machine's timers took under the load.
 func BenchmarkIO(b *testing.B) {
 	sleep := measureSleep(ioSleep, ioSamples)
 	bound := float64(ioWorkers2) / sleep.Seconds()
@@ -93,6 +103,8 @@ func benchIO(b *testing.B, build builder[int], sleep time.Duration, bound float6
 		runs[i] = run
 	}
 	b.ReportAllocs()
+	inRunSleep.Store(0)
+	inRunSleeps.Store(0)
 	m := startMallocs()
 	b.ResetTimer()
 	for _, run := range runs {
@@ -111,6 +123,12 @@ func benchIO(b *testing.B, build builder[int], sleep time.Duration, bound float6
 	perSec := float64(items) / b.Elapsed().Seconds()
 	b.ReportMetric(perSec, "items/s")
 	b.ReportMetric(perSec/bound*100, "bound-%")
+	// The same bound with the sleep as measured inside the run: how busy the pipeline kept its 64
+	// sleeping workers, whatever the machine's timers did meanwhile.
+	if n := inRunSleeps.Load(); n > 0 {
+		inRun := time.Duration(inRunSleep.Load() / n)
+		b.ReportMetric(perSec/(float64(ioWorkers2)/inRun.Seconds())*100, "busy-%")
+	}
 	b.ReportMetric(float64(sleep.Nanoseconds())/1e3, "sleep-us") // the measured sleep behind the bound
 	reportPerItem(b, items, allocs)
 	if over {

@@ -811,13 +811,15 @@ func (w *worker[In, Out]) handle(i int) bool {
 		r.endSpan(span, outcome)
 		w.filtered(e.M)
 	default:
-		m := e.M
+		m := &e.M
 		if span != nil {
-			r.carrySpan(&m, span) // before endSpan: it asks whether the span records
+			c := e.M
+			r.carrySpan(&c, span) // before endSpan: it asks whether the span records
+			m = &c
 		}
 		r.endSpan(span, outcome)
 		w.lc.succeeded++
-		w.emit(core.Envelope[Out]{V: out, M: m})
+		w.emit(out, m)
 	}
 	if timed {
 		w.stopTiming(start, base, outcome, f.err)
@@ -872,15 +874,18 @@ func (w *worker[In, Out]) filtered(m core.Meta) {
 
 // emit passes an output on to the next stage (in the worker's outgoing batch), or delivers it
 // after the last one.
-func (w *worker[In, Out]) emit(e core.Envelope[Out]) {
+func (w *worker[In, Out]) emit(v Out, m *core.Meta) {
 	if w.r.next == nil {
 		w.lc.out++
-		w.lc.deliveredUnits += int64(e.M.Weight)
-		e.M.Tracker.Done(core.Delivered)
+		w.lc.deliveredUnits += int64(m.Weight)
+		m.Tracker.Done(core.Delivered)
 		return
 	}
-	w.out = append(w.out, e)
-	if len(w.out) == cap(w.out) {
+	// Written in place: w.out always has room (it is flushed when full).
+	n := len(w.out)
+	w.out = w.out[:n+1]
+	w.out[n].V, w.out[n].M = v, *m
+	if n+1 == cap(w.out) {
 		w.flush()
 	}
 }
@@ -905,7 +910,7 @@ func (w *worker[In, Out]) emitMany(e *core.Envelope[In], outs []Out, span trace.
 		m.Weight = 1
 		m.Tracker = tr
 		m.X = x
-		w.emit(core.Envelope[Out]{V: o, M: m})
+		w.emit(o, &m)
 	}
 }
 
@@ -1022,7 +1027,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	}
 	m.Tracker = core.Group(trackers)
 	if r.next == nil {
-		w.emit(core.Envelope[Out]{V: out, M: m})
+		w.emit(out, &m)
 		return true
 	}
 	inc(&w.c.out, 1)

@@ -130,7 +130,10 @@ func (q *Queue[T]) put(items []Envelope[T]) int {
 	q.free -= k
 	q.queued.Store(int64(q.n))
 	q.pushed.Store(pushed + int64(k)) // under the lock
-	if q.consWait > 0 {
+	if q.consWait > 0 && q.n == k {
+		// The queue was empty: wake a consumer. Items put into a queue that was not empty
+		// need no wake-up of their own: the consumer woken for the first ones, or an awake
+		// one, takes them too (and passes the baton on if it leaves some; see Pop).
 		signal(q.notEmpty)
 	}
 	if q.prodWait > 0 && (q.free > 0 || q.dropWait > 0) {
