@@ -13,6 +13,7 @@ import (
 	"github.com/sourcegraph/conc/panics"
 
 	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/internal/breaker"
 	"github.com/sluicehq/sluice/internal/core"
 	"github.com/sluicehq/sluice/internal/hist"
 	"github.com/sluicehq/sluice/retry"
@@ -40,6 +41,9 @@ type Runner[In, Out any] struct {
 	take   int // how many items a worker takes at most
 	tel    *tracing.StageTelemetry
 	traced bool // a span per item
+	// lean: no timeout, rate limit or breaker, and a retry policy without an elapsed-time
+	// budget: the first attempt of an item runs on a short path (see handle).
+	lean   bool
 	guards guards[In]
 
 	wg      sync.WaitGroup
@@ -78,6 +82,7 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 	}
 	r.budget = retry.NewBudget(r.policy.Budget)
 	r.newGuards()
+	r.lean = s.cfg.timeout == 0 && s.cfg.limit == nil && s.cfg.breaker == nil && r.policy.MaxElapsedTime <= 0
 	r.tel = env.Tel.Stage(s.name)
 	r.traced = env.Tel.TracingEnabled()
 	r.in.Park = func(e core.Envelope[In]) {
@@ -581,7 +586,11 @@ type failure struct {
 // attempts runs call under the stage's policy: per-attempt timeout, panic capture, retries with
 // backoff, and the shutdown rules. items are the inputs the call works on; start is when the
 // worker started on them (on the run's clock).
-func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base context.Context, span trace.Span, call func(ctx context.Context) error) (verdict, failure) {
+//
+// first, if not nil, is the error of a first attempt that the caller already made on the short
+// path of a lean stage (see handle), ending in an error or a panic (held by w.catch): attempts
+// goes on from there.
+func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base context.Context, span trace.Span, call func(ctx context.Context) error, first *error) (verdict, failure) {
 	r := w.r
 	var sched retry.Schedule
 	started := false
@@ -589,45 +598,51 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		sched, started = r.policy.StartWithBudget(r.budget), true
 	}
 	for attempt := 1; ; attempt++ {
-		if len(items) == 1 {
-			w.info.set(&items[0].M, attempt, r.policy.MaxAttempts)
+		var err error
+		var stack string
+		var br *breaker.Breaker
+		allowed, timedOut := false, false
+		if attempt == 1 && first != nil {
+			err = *first // the attempt was made and counted; a lean stage has no breaker
 		} else {
-			w.info.set(&core.Meta{}, attempt, r.policy.MaxAttempts)
-		}
-		ctx, cancel := base, context.CancelFunc(nil)
-		if r.s.cfg.timeout > 0 {
-			ctx, cancel = context.WithTimeout(ctx, r.s.cfg.timeout)
-		}
-		if !r.guards.wait(r.env.Work, items) {
+			if len(items) == 1 {
+				w.info.set(&items[0].M, attempt, r.policy.MaxAttempts)
+			} else {
+				w.info.set(&core.Meta{}, attempt, r.policy.MaxAttempts)
+			}
+			ctx, cancel := base, context.CancelFunc(nil)
+			if r.s.cfg.timeout > 0 {
+				ctx, cancel = context.WithTimeout(ctx, r.s.cfg.timeout)
+			}
+			if !r.guards.wait(r.env.Work, items) {
+				if cancel != nil {
+					cancel()
+				}
+				return vShutdown, failure{attempts: attempt - 1, first: r.wallTime(start)}
+			}
+			br = r.guards.breakerFor(items)
+			if br != nil {
+				err = br.Allow()
+			}
+			s := w.begin(items, attempt, start)
+			allowed = err == nil
+			if allowed {
+				w.catch.Try(func() { err = call(ctx) })
+			} else if span != nil {
+				span.AddEvent("circuit_open")
+			}
+			timedOut = cancel != nil && ctx.Err() == context.DeadlineExceeded
 			if cancel != nil {
 				cancel()
 			}
-			return vShutdown, failure{attempts: attempt - 1, first: r.wallTime(start)}
-		}
-		br := r.guards.breakerFor(items)
-		var err error
-		if br != nil {
-			err = br.Allow()
-		}
-		s := w.begin(items, attempt, start)
-		allowed := err == nil
-		if allowed {
-			w.catch.Try(func() { err = call(ctx) })
-		} else if span != nil {
-			span.AddEvent("circuit_open")
-		}
-		timedOut := cancel != nil && ctx.Err() == context.DeadlineExceeded
-		if cancel != nil {
-			cancel()
-		}
-		if !w.end(s) {
-			if br != nil && allowed {
-				br.Done(false) // the call hung past its timeout and grace
+			if !w.end(s) {
+				if br != nil && allowed {
+					br.Done(false) // the call hung past its timeout and grace
+				}
+				return vAbandoned, failure{}
 			}
-			return vAbandoned, failure{}
+			w.lc.attempts++
 		}
-		w.lc.attempts++
-		var stack string
 		if p := w.catch.Recovered(); p != nil {
 			w.catch = new(panics.Catcher) // a Catcher keeps its first panic
 			stack = fmt.Sprintf("panic: %v\n\n%s", p.Value, p.Stack)
@@ -781,12 +796,33 @@ func (w *worker[In, Out]) handle(i int) bool {
 		v, f = w.attempts(items, start, base, span, func(ctx context.Context) (err error) {
 			outs, err = r.s.many(ctx, in)
 			return err
-		})
+		}, nil)
 	} else {
-		v, f = w.attempts(items, start, base, span, func(ctx context.Context) (err error) {
+		call := func(ctx context.Context) (err error) {
 			out, keep, err = r.s.one(ctx, in)
 			return err
-		})
+		}
+		var first *error
+		if r.lean {
+			// The short path of a first attempt: no timeout, no guards to consult. Anything
+			// but a success goes on in attempts.
+			w.info.set(&e.M, 1, r.policy.MaxAttempts)
+			s := w.begin(items, 1, start)
+			var err error
+			w.catch.Try(func() { err = call(base) })
+			if !w.end(s) {
+				return false // abandoned (a drain's grace ran out): the abandoner owns the item
+			}
+			w.lc.attempts++
+			if err == nil && w.catch.Recovered() == nil {
+				r.budget.OnSuccess()
+			} else {
+				first = &err
+			}
+		}
+		if !r.lean || first != nil {
+			v, f = w.attempts(items, start, base, span, call, first)
+		}
 	}
 	if v == vAbandoned {
 		return false // the abandoner owns the item now: touch nothing
@@ -992,7 +1028,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	v, f := w.attempts(items, start, base, span, func(ctx context.Context) (err error) {
 		out, err = r.s.batch(ctx, values)
 		return err
-	})
+	}, nil)
 	if v == vAbandoned {
 		return false
 	}

@@ -26,8 +26,7 @@ type Queue[T any] struct {
 	notFull  chan struct{}
 
 	producers atomic.Int64
-	queued    atomic.Int64
-	pushed    atomic.Int64
+	pushed    int64 // items ever put in
 	consumers int
 	clock     Clock
 	stampAll  atomic.Bool
@@ -70,10 +69,18 @@ func (q *Queue[T]) isClosed() bool {
 }
 
 // Pushed returns how many items were ever put into the queue.
-func (q *Queue[T]) Pushed() int64 { return q.pushed.Load() }
+func (q *Queue[T]) Pushed() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pushed
+}
 
 // Len returns the number of items queued (not yet taken by a worker).
-func (q *Queue[T]) Len() int { return int(q.queued.Load()) }
+func (q *Queue[T]) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
+}
 
 // AddProducers registers n more producers.
 func (q *Queue[T]) AddProducers(n int) { q.producers.Add(int64(n)) }
@@ -110,7 +117,7 @@ func (q *Queue[T]) put(items []Envelope[T]) int {
 	if tail >= len(q.ring) {
 		tail -= len(q.ring)
 	}
-	pushed := q.pushed.Load()
+	pushed := q.pushed
 	all := q.stampAll.Load() || !q.sampled.Load()
 	now := int64(0)
 	for i := range k {
@@ -128,8 +135,7 @@ func (q *Queue[T]) put(items []Envelope[T]) int {
 	}
 	q.n += k
 	q.free -= k
-	q.queued.Store(int64(q.n))
-	q.pushed.Store(pushed + int64(k)) // under the lock
+	q.pushed = pushed + int64(k)
 	if q.consWait > 0 && q.n == k {
 		// The queue was empty: wake a consumer. Items put into a queue that was not empty
 		// need no wake-up of their own: the consumer woken for the first ones, or an awake
@@ -190,7 +196,6 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 				}
 				q.n--
 				q.free++
-				q.queued.Store(int64(q.n))
 				continue
 			}
 		}
@@ -352,7 +357,6 @@ func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-cha
 		}
 	}
 	q.n -= k
-	q.queued.Store(int64(q.n))
 	if (q.n > 0 || q.closed) && q.consWait > 0 {
 		signal(q.notEmpty)
 	}
