@@ -773,8 +773,14 @@ func (w *worker[In, Out]) handle(i int) bool {
 	}
 	start, timed := w.startTiming()
 	var wait time.Duration
-	if timed && e.M.Enqueued != 0 {
-		wait = time.Duration(start - e.M.Enqueued)
+	// The queue wait of an item its queue stamped (every item, or one in 16 when the stage is
+	// fast; a traced stage's queue stamps all, for the spans: there only the timed ones).
+	if e.M.Enqueued != 0 && (timed || !r.traced) {
+		now := start
+		if !timed {
+			now = r.env.Clock.Now()
+		}
+		wait = time.Duration(now - e.M.Enqueued)
 		w.waitH.Record(wait)
 		r.tel.RecordWait(w.ctx, wait)
 	}

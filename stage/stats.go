@@ -36,8 +36,9 @@ type Stats struct {
 	// Wait is how long items waited in the stage (its input, or a worker's hand) before a
 	// worker started on them; Work is how long the worker spent on them, retries and backoff
 	// included. Both are measured for every item of a stage whose calls take more than a few
-	// microseconds or that has a timeout, and for one item in 16 of faster stages (there a
-	// clock read would cost more than the call), so Count can be less than In.
+	// microseconds (Work also for every item of a stage with a timeout or an autoscaler), and
+	// for about one item in 16 of faster stages (there a clock read would cost more than the
+	// call), so Count can be less than In.
 	Wait Latency `json:"wait"`
 	Work Latency `json:"work"`
 }

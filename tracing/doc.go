@@ -146,14 +146,14 @@
 //     the callback reads them once per collection.
 //
 // Measured with the benchmarks of this package (2 cores, Go 1.26, OTel
-// v1.47): with an SDK and NeverSample, Start+Succeeded+End costs 3
-// allocations with a parent (2 without): one context carrying the parent
-// (a single object that is both the context and the parent span), and the
-// SDK's two (its span and the context that carries it); sampled, with a
+// v1.47): with an SDK and NeverSample, Start+Succeeded+End costs 4
+// allocations with a parent (2 without): the parent span and the context
+// carrying it, and the SDK's two (its span and the context that carries
+// it); sampled, with a
 // do-nothing exporter, 8. Without an SDK, stage code never calls Start.
 // Retry, Failed, Succeeded and Filtered on a non-recording span: 0.
 // RecordWait and RecordWork: 0, without an SDK and with the metric SDK.
 // Stage code records the two histograms for the items it times: every item
-// of a slow stage (or one with a timeout or an autoscaler), one in 16 of a
-// fast one, whether or not spans are on.
+// of a slow stage, about one in 16 of a fast one, whether or not spans are
+// on (see stage.Stats).
 package tracing
