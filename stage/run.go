@@ -418,7 +418,7 @@ func (w *worker[In, Out]) run() {
 		if !w.work(0) {
 			return // abandoned: the abandoner took over this worker's duties
 		}
-		release = k
+		release = w.k // less than k if the worker gave items back (see giveBack)
 	}
 	r.exit(w)
 }
@@ -431,7 +431,8 @@ func (w *worker[In, Out]) work(from int) bool {
 			return false
 		}
 		if w.timeAll {
-			w.flush() // slow calls: pass each output on at once
+			w.flush() // slow calls: pass each output on, and count it, at once
+			w.publish()
 		}
 	}
 	clear(w.buf[:w.k])
@@ -695,6 +696,13 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		if r.env.Logger.Enabled(context.Background(), slog.LevelDebug) {
 			r.env.Logger.Debug("sluice: retrying", r.itemAttrs(items, attempt, err, slog.Duration("delay", delay))...)
 		}
+		if delay > 0 {
+			// Nothing waits out the backoff in this worker's hands: the outputs so far go on,
+			// the items not started go back to the other workers.
+			w.flush()
+			w.giveBack()
+		}
+		w.publish() // live stats: the attempts so far, beside the retries
 		if !w.sleep(delay) {
 			return vShutdown, failure{attempts: attempt, first: r.wallTime(start)}
 		}
@@ -712,6 +720,19 @@ func (r *Runner[In, Out]) itemAttrs(items []core.Envelope[In], attempt int, err 
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
 	return append(attrs, more...)
+}
+
+// giveBack puts the items the worker took after the one it is retrying back into its input, for
+// the other workers: they would otherwise wait out the backoff in its hands.
+func (w *worker[In, Out]) giveBack() {
+	if w.r.s.kind == KindBatch || w.inline || w.i+1 >= w.k {
+		return
+	}
+	rest := w.buf[w.i+1 : w.k]
+	w.r.in.Unpop(rest)
+	inc(&w.c.in, -int64(len(rest))) // counted again by the worker that takes them
+	clear(rest)
+	w.k = w.i + 1
 }
 
 // sleep waits d before a retry; false means the run's work ended first.
@@ -911,7 +932,10 @@ func (r *Runner[In, Out]) carrySpan(m *core.Meta, span trace.Span) {
 func (w *worker[In, Out]) filtered(m core.Meta) {
 	w.lc.filtered++
 	w.lc.filteredUnits += int64(m.Weight)
-	m.Tracker.Done(core.Filtered)
+	if m.Tracker != nil {
+		w.publish() // counted before the source hears of it
+		m.Tracker.Done(core.Filtered)
+	}
 }
 
 // emit passes an output on to the next stage (in the worker's outgoing batch), or delivers it
@@ -920,7 +944,10 @@ func (w *worker[In, Out]) emit(v Out, m *core.Meta) {
 	if w.r.next == nil {
 		w.lc.out++
 		w.lc.deliveredUnits += int64(m.Weight)
-		m.Tracker.Done(core.Delivered)
+		if m.Tracker != nil {
+			w.publish() // counted before the source hears of it
+			m.Tracker.Done(core.Delivered)
+		}
 		return
 	}
 	// Written in place: w.out always has room (it is flushed when full).

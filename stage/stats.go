@@ -38,7 +38,14 @@ type Stats struct {
 	// included. Both are measured for every item of a stage whose calls take more than a few
 	// microseconds (Work also for every item of a stage with a timeout or an autoscaler), and
 	// for about one item in 16 of faster stages (there a clock read would cost more than the
-	// call), so Count can be less than In.
+	// call), so Count can be less than In. Whether a stage is fast is judged from its calls as
+	// they go, by each worker for Work and for the stage's input (the last worker to change its
+	// mind) for Wait; a stage whose calls are sometimes fast and sometimes slow is sampled in
+	// between.
+	//
+	// The counters of a live run lag by at most one batch of a fast stage (a worker publishes
+	// them per batch); those of a slow stage, of an item with an acknowledgement and of an
+	// item waiting for a retry are current. A finished run's are exact.
 	Wait Latency `json:"wait"`
 	Work Latency `json:"work"`
 }

@@ -95,8 +95,9 @@
 // names stay apart). Counters and gauges are observable, read from the
 // stage's own counters by one callback registered with
 // [Telemetry.RegisterStages]; only the two histograms are recorded per item
-// (per timed item: stage code times one item in 16 of a fast stage, see
-// Cost rules).
+// (per sampled item: of a fast stage, stage code records the work time of
+// about one item in 16 and the queue wait of about one in 16, not always the
+// same items; see Cost rules).
 //
 //	Name                          Instrument                   Unit       Extra attributes
 //	sluice.stage.items.in         Int64ObservableCounter       {item}

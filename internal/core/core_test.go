@@ -75,6 +75,23 @@ func TestQueuePopAllForAFastWorker(t *testing.T) {
 	q.ProducerDone()
 }
 
+func TestQueueUnpopPutsItemsBackFirst(t *testing.T) {
+	q := NewQueue[int](4, 2, Clock{Epoch: time.Now()})
+	q.AddProducers(1)
+	require.True(t, q.Push(nil, items(1, 2, 3)))
+	buf := make([]Envelope[int], 8)
+	n, _ := q.Pop(buf, false, 0, nil, nil)
+	require.Equal(t, 3, n)
+	require.True(t, q.Push(nil, items(4)))
+	assert.Equal(t, Full, q.Offer(Envelope[int]{V: 5}, OverflowReject, nil, nil), "the held items keep their slots")
+	q.Unpop(buf[1:3])
+	n, _ = q.Pop(buf, false, 1, nil, nil) // done with item 1
+	require.Equal(t, 3, n)
+	assert.Equal(t, []int{2, 3, 4}, []int{buf[0].V, buf[1].V, buf[2].V}, "given back first, in order")
+	assert.Equal(t, Admitted, q.Offer(Envelope[int]{V: 5}, OverflowReject, nil, nil), "item 1's slot came back")
+	q.ProducerDone()
+}
+
 func TestQueueStampsOneItemInSixteen(t *testing.T) {
 	q := NewQueue[int](100, 1, Clock{Epoch: time.Now().Add(-time.Second)})
 	q.AddProducers(1)

@@ -316,6 +316,26 @@ func (q *Queue[T]) Offer(e Envelope[T], policy Overflow, stop1, stop2 <-chan str
 	return Full
 }
 
+// Unpop puts items a consumer took but will not work on now (it is held up, say by a retry's
+// backoff) back at the head of the queue, in order, for other consumers; their slots stay taken.
+func (q *Queue[T]) Unpop(items []Envelope[T]) {
+	if len(items) == 0 {
+		return
+	}
+	q.mu.Lock()
+	for i := len(items) - 1; i >= 0; i-- {
+		if q.head--; q.head < 0 {
+			q.head = len(q.ring) - 1
+		}
+		q.ring[q.head] = items[i]
+	}
+	q.n += len(items)
+	if q.consWait > 0 {
+		signal(q.notEmpty)
+	}
+	q.mu.Unlock()
+}
+
 // Release gives back n slots of items the stage is done with.
 func (q *Queue[T]) Release(n int) {
 	if n == 0 {

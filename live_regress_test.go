@@ -1,0 +1,148 @@
+package sluice_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/retry"
+	"github.com/sluicehq/sluice/stage"
+)
+
+// Found by a review of the hot-path changes that keep per-item counts in plain fields and let
+// fast workers take whole batches.
+
+// While an item is in its retry loop, the live Stats count the attempts already made.
+func TestLiveStatsCountAttemptsBeforeRetrying(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int64
+		fn := func(ctx context.Context, n int) error {
+			if calls.Add(1) < 5 {
+				return errors.New("transient")
+			}
+			return nil
+		}
+		p, err := pipeline.New("live", pipeline.Then(pipeline.Input[int](),
+			stage.Sink("s", fn, stage.Workers(1), stage.Retry(retry.Policy{MaxAttempts: 10, InitialInterval: time.Second, Multiplier: 1, MaxInterval: time.Second, NoJitter: true}))),
+			pipeline.WithDLQ(dlq.NewMemory()))
+		require.NoError(t, err)
+		j, err := p.Start(context.Background(), pipeline.FromSlice([]int{1}))
+		require.NoError(t, err)
+		time.Sleep(3500 * time.Millisecond) // 4 failed attempts, 3 retries so far
+		synctest.Wait()
+		st := j.Stats().Stages[0]
+		t.Logf("mid-run: attempts=%d retries=%d calls=%d", st.Attempts, st.Retries, calls.Load())
+		assert.LessOrEqual(t, st.Retries, st.Attempts, "live stats: more retries than calls made")
+		_, err = j.Wait()
+		require.NoError(t, err)
+	})
+}
+
+// A drain abandons a hung lean call: the abandoner publishes the worker's earlier counts.
+func TestCountsOfAnAbandonedLeanWorker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		var done atomic.Int64
+		fn := func(_ context.Context, n int) (int, error) {
+			if n == 5 {
+				cancel()
+				time.Sleep(time.Hour) // ignores its context
+			}
+			done.Add(1)
+			return n, nil
+		}
+		items := make([]int, 20)
+		for i := range items {
+			items[i] = i + 1
+		}
+		p, err := pipeline.New("ab", pipeline.Then(pipeline.Input[int](),
+			stage.Map("m", fn, stage.Workers(1), stage.Grace(10*time.Millisecond))),
+			pipeline.WithDLQ(dlq.NewMemory()), pipeline.WithDrainTimeout(10*time.Millisecond))
+		require.NoError(t, err)
+		rep, err := p.Run(ctx, pipeline.FromSlice(items))
+		require.NoError(t, err)
+		st := rep.Stages[0]
+		require.True(t, rep.Balanced())
+		require.EqualValues(t, 4, st.Succeeded)
+		require.EqualValues(t, 4, st.Attempts)
+		require.EqualValues(t, 4, st.Out)
+		require.EqualValues(t, 4, rep.Delivered)
+		require.EqualValues(t, 1, rep.Abandoned)
+		time.Sleep(2 * time.Hour)
+	})
+}
+
+// A worker that must wait out a retry's backoff gives the items it took after that one back
+// to the other workers: only the retried item is late.
+func TestItemsDoNotWaitBehindARetry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var failed atomic.Bool
+		var mu sync.Mutex
+		var late int
+		start := time.Now()
+		fn := func(_ context.Context, n int) (int, error) {
+			if n == 40 && !failed.Swap(true) {
+				return 0, errors.New("once")
+			}
+			return n, nil
+		}
+		sink := func(_ context.Context, n int) error {
+			mu.Lock()
+			if time.Since(start) >= time.Second {
+				late++
+			}
+			mu.Unlock()
+			return nil
+		}
+		items := make([]int, 200)
+		for i := range items {
+			items[i] = i + 1
+		}
+		p, err := pipeline.New("hol", pipeline.Then(pipeline.Then(pipeline.Input[int](),
+			stage.Map("m", fn, stage.Workers(4), stage.Capacity(64),
+				stage.Retry(retry.Policy{MaxAttempts: 3, InitialInterval: time.Second, Multiplier: 1, MaxInterval: time.Second, NoJitter: true}))),
+			stage.Sink("s", sink, stage.Workers(4))),
+			pipeline.WithDLQ(dlq.NewMemory()))
+		require.NoError(t, err)
+		_, err = p.Run(context.Background(), pipeline.FromSlice(items))
+		require.NoError(t, err)
+		assert.Equal(t, 1, late, "items delivered only after the 1s backoff of item 40")
+	})
+}
+
+// A slow sink's finished items are in the live Stats at once, not when its batch is done.
+func TestLiveStatsCountWhatASlowStageFinished(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var finished atomic.Int64
+		sink := func(_ context.Context, n int) error {
+			time.Sleep(100 * time.Millisecond) // a slow call (a DB write)
+			finished.Add(1)
+			return nil
+		}
+		items := make([]int, 20)
+		for i := range items {
+			items[i] = i + 1
+		}
+		p, err := pipeline.New("lag", pipeline.Then(pipeline.Input[int](), stage.Sink("s", sink, stage.Workers(1), stage.Capacity(32))),
+			pipeline.WithDLQ(dlq.NewMemory()))
+		require.NoError(t, err)
+		j, err := p.Start(context.Background(), pipeline.FromSlice(items))
+		require.NoError(t, err)
+		time.Sleep(1050 * time.Millisecond)
+		synctest.Wait()
+		r := j.Stats()
+		t.Logf("finished calls %d; live Delivered %d, Succeeded %d, Attempts %d, InFlight %d", finished.Load(), r.Delivered, r.Stages[0].Succeeded, r.Stages[0].Attempts, r.InFlight)
+		assert.GreaterOrEqual(t, r.Delivered, finished.Load()-1)
+		_, err = j.Wait()
+		require.NoError(t, err)
+	})
+}
