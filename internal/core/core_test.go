@@ -121,9 +121,10 @@ func TestQueueStampsOneItemInSixteen(t *testing.T) {
 	q.ProducerDone()
 }
 
-// The queue tells light ingress from heavy by the time between offers: a woken consumer is
-// let run at once (the offering goroutine yields) only when offers are sparse.
-func TestQueuePaceMeasuresTheTimeBetweenOffers(t *testing.T) {
+// The queue tells light ingress from heavy by the time between pushes, read from its enqueue
+// stamps: a woken consumer is let run at once (the offering goroutine yields) only when pushes
+// are sparse.
+func TestQueueMeasuresTheTimeBetweenPushes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		q := NewQueue[int](1000, 1, Clock{Epoch: time.Now()})
 		q.AddProducers(1)
@@ -131,12 +132,12 @@ func TestQueuePaceMeasuresTheTimeBetweenOffers(t *testing.T) {
 			time.Sleep(100 * time.Microsecond)
 			require.Equal(t, Admitted, q.Offer(Envelope[int]{V: 1}, OverflowBlock, nil, nil))
 		}
-		assert.InEpsilon(t, float64(100*time.Microsecond), float64(q.gapAvg.Load()), 0.1, "one offer every 100µs")
-		assert.Greater(t, time.Duration(q.gapAvg.Load()), sparse)
+		assert.InEpsilon(t, float64(100*time.Microsecond), float64(q.gapAvg), 0.1, "one offer every 100µs")
+		assert.Greater(t, time.Duration(q.gapAvg), sparse)
 		for range 256 {
 			require.Equal(t, Admitted, q.Offer(Envelope[int]{V: 1}, OverflowBlock, nil, nil))
 		}
-		assert.Less(t, time.Duration(q.gapAvg.Load()), sparse, "a burst: offers at once")
+		assert.Less(t, time.Duration(q.gapAvg), sparse, "a burst: offers at once")
 		q.ProducerDone()
 	})
 }

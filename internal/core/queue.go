@@ -31,11 +31,10 @@ type Queue[T any] struct {
 	consumers int
 	clock     Clock
 	stampAll  atomic.Bool
-	// offers, lastSample and gapAvg measure the time between offers (see pace).
-	offers     atomic.Int64
-	lastSample atomic.Int64
-	gapAvg     atomic.Int64
-	sampled    atomic.Bool
+	// lastNow and lastAt are the last enqueue stamp and the push count it was taken at; gapAvg
+	// is the running mean of the time between pushes they give (see put and Offer).
+	lastNow, lastAt, gapAvg int64
+	sampled                 atomic.Bool
 
 	// Park dead-letters an item for the queue's stage (reason shutdown) or hands it back to its
 	// source, when it cannot be put in because the run is stopping.
@@ -116,7 +115,9 @@ func (q *Queue[T]) SampleStamps(fast bool) { q.sampled.Store(fast) }
 const stampEvery = 16
 
 // put copies items into free slots; the caller holds the lock and made sure q.free > 0.
-func (q *Queue[T]) put(items []Envelope[T]) (k int, woke bool) {
+//
+// It returns hurry when it woke a consumer while pushes are sparse (see Offer).
+func (q *Queue[T]) put(items []Envelope[T]) (k int, hurry bool) {
 	k = min(q.free, len(items))
 	tail := q.head + q.n
 	if tail >= len(q.ring) {
@@ -130,6 +131,12 @@ func (q *Queue[T]) put(items []Envelope[T]) (k int, woke bool) {
 		if all || (pushed+int64(i))%stampEvery == 0 {
 			if now == 0 {
 				now = max(q.clock.Now(), 1) // 0 means not stamped
+				if at := pushed + int64(i); q.lastNow != 0 && at > q.lastAt {
+					// The stamps also measure the time between pushes.
+					gap := (now - q.lastNow) / (at - q.lastAt)
+					q.gapAvg += (gap - q.gapAvg) / 4
+				}
+				q.lastNow, q.lastAt = now, pushed+int64(i)
 			}
 			items[i].M.Enqueued = now
 		}
@@ -146,12 +153,12 @@ func (q *Queue[T]) put(items []Envelope[T]) (k int, woke bool) {
 		// need no wake-up of their own: the consumer woken for the first ones, or an awake
 		// one, takes them too (and passes the baton on if it leaves some; see Pop).
 		signal(q.notEmpty)
-		woke = true
+		hurry = time.Duration(q.gapAvg) > sparse
 	}
 	if q.prodWait > 0 && (q.free > 0 || q.dropWait > 0) {
 		signal(q.notFull) // pass the baton to the next waiting producer
 	}
-	return k, woke
+	return k, hurry
 }
 
 // Overflow is what a push does when the queue has no free slot.
@@ -173,7 +180,7 @@ const (
 // insert puts items in per policy. It returns how many went in; the items evicted (old queued
 // ones, or new ones), which the caller hands to Evict outside the lock; and stopped when stop1
 // or stop2 ended while it waited (items[n:] were not put in).
-func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}) (n int, evicted []Envelope[T], stopped, woke bool) {
+func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}) (n int, evicted []Envelope[T], stopped, hurry bool) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -182,17 +189,17 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 	for len(items) > 0 {
 		if q.free > 0 {
 			k, w := q.put(items)
-			items, n, woke = items[k:], n+k, woke || w
+			items, n, hurry = items[k:], n+k, hurry || w
 			continue
 		}
 		switch policy {
 		case OverflowReject:
 			q.mu.Unlock()
-			return n, evicted, false, woke
+			return n, evicted, false, hurry
 		case OverflowDeadLetter:
 			evicted = append(evicted, items...)
 			q.mu.Unlock()
-			return n, evicted, false, woke
+			return n, evicted, false, hurry
 		case OverflowDropOldest:
 			if q.n > 0 {
 				evicted = append(evicted, q.ring[q.head])
@@ -227,11 +234,11 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 				signal(q.notFull)
 			}
 			q.mu.Unlock()
-			return n, evicted, true, woke
+			return n, evicted, true, hurry
 		}
 	}
 	q.mu.Unlock()
-	return n, evicted, false, woke
+	return n, evicted, false, hurry
 }
 
 func (q *Queue[T]) evict(items []Envelope[T]) {
@@ -255,29 +262,9 @@ func (q *Queue[T]) Push(stop <-chan struct{}, items []Envelope[T]) bool {
 	return true
 }
 
-// sparse is the mean time between offers above which the queue's ingress counts as light:
-// fewer than 50,000 items/s.
+// sparse is the mean time between pushes above which a queue's ingress counts as light: fewer
+// than 50,000 items/s.
 const sparse = 20 * time.Microsecond
-
-// pace is called after each admitted offer. It keeps a running mean of the time between
-// offers, sampled every 8th offer, and when an offer woke a consumer under light load it yields
-// the processor so that the woken consumer runs now: otherwise it waits until the offering
-// goroutine blocks, and the items of a burst (a paced source often releases several at once)
-// would travel together, each waiting for the others. Under load (offers closer than sparse)
-// it never yields: there the consumer is better off taking a batch.
-func (q *Queue[T]) pace(woke bool) {
-	if c := q.offers.Add(1); c%8 == 0 {
-		now := q.clock.Now()
-		if last := q.lastSample.Swap(now); last != 0 {
-			gap := (now - last) / 8
-			avg := q.gapAvg.Load()
-			q.gapAvg.Store(avg + (gap-avg)/4)
-		}
-	}
-	if woke && time.Duration(q.gapAvg.Load()) > sparse {
-		runtime.Gosched()
-	}
-}
 
 // OfferResult says what became of an offered item.
 type OfferResult uint8
@@ -297,14 +284,20 @@ const (
 	Closed
 )
 
-// Offer puts one item into the queue under policy.
+// Offer puts one item into the queue under policy. When the item woke a consumer and pushes are
+// sparse (light ingress), the offering goroutine yields the processor so that the consumer runs
+// now: otherwise it waits until the offering goroutine blocks, and the items of a burst (a paced
+// source often releases several at once) travel together, each waiting for the others. Under
+// load it never yields: there the consumer is better off taking a batch.
 func (q *Queue[T]) Offer(e Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}) OfferResult {
 	one := [1]Envelope[T]{e}
-	n, evicted, stopped, woke := q.insert(one[:], policy, stop1, stop2)
+	n, evicted, stopped, hurry := q.insert(one[:], policy, stop1, stop2)
 	q.evict(evicted)
 	switch {
 	case n == 1:
-		q.pace(woke)
+		if hurry {
+			runtime.Gosched()
+		}
 		return Admitted
 	case n == 0 && len(evicted) == 0 && !stopped && q.isClosed():
 		return Closed
