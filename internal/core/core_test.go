@@ -271,3 +271,32 @@ func TestQueueOverflowPolicies(t *testing.T) {
 		assert.True(t, <-done)
 	})
 }
+
+// A producer waiting for slots is woken once a quarter of them are free, so that it puts a batch
+// in rather than an item before it waits again; the slots are still all usable.
+func TestQueueWakesAWaitingProducerForAQuarterOfItsSlots(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := NewQueue[int](8, 1, Clock{Epoch: time.Now()})
+		q.AddProducers(1)
+		buf := make([]Envelope[int], 8)
+		require.True(t, q.Push(nil, items(0, 1, 2, 3, 4, 5, 6, 7)))
+		n, _ := q.Pop(buf, false, 0, nil, nil)
+		require.Equal(t, 8, n, "every slot is held by the consumer")
+		done := make(chan bool)
+		go func() { done <- q.Push(nil, items(8, 9, 10, 11)) }()
+		synctest.Wait()
+		q.Release(1)
+		synctest.Wait()
+		assert.Zero(t, q.Len(), "one free slot of 8 does not wake the producer")
+		q.Release(1)
+		synctest.Wait()
+		assert.Equal(t, 2, q.Len(), "two free slots do: it fills them and waits for more")
+		q.Release(2)
+		assert.True(t, <-done)
+		assert.Equal(t, 4, q.Len())
+		n, _ = q.Pop(buf, false, 0, nil, nil)
+		assert.Equal(t, []int{8, 9, 10, 11}, []int{buf[0].V, buf[1].V, buf[2].V, buf[3].V})
+		assert.Equal(t, 4, n)
+		q.ProducerDone()
+	})
+}

@@ -14,11 +14,14 @@ import (
 // while capacity and backpressure stay exact. Its producers are counted; when the last is done
 // the queue closes, and consumers see the end once it is empty.
 type Queue[T any] struct {
-	mu       sync.Mutex
-	ring     []Envelope[T]
-	head     int
-	n        int // queued
-	free     int // free slots
+	mu   sync.Mutex
+	ring []Envelope[T]
+	head int
+	n    int // queued
+	free int // free slots
+	// wakeFree is how many slots must be free before a waiting producer is woken: a quarter of
+	// them, so that it puts a batch in rather than an item or two before it waits again.
+	wakeFree int
 	closed   bool
 	consWait int
 	prodWait int
@@ -52,6 +55,7 @@ func NewQueue[T any](slots, consumers int, clock Clock) *Queue[T] {
 	return &Queue[T]{
 		ring:      make([]Envelope[T], slots),
 		free:      slots,
+		wakeFree:  max(1, slots/4),
 		notEmpty:  make(chan struct{}, 1),
 		notFull:   make(chan struct{}, 1),
 		consumers: max(consumers, 1),
@@ -155,7 +159,7 @@ func (q *Queue[T]) put(items []Envelope[T]) (k int, hurry bool) {
 		signal(q.notEmpty)
 		hurry = time.Duration(q.gapAvg) > sparse
 	}
-	if q.prodWait > 0 && (q.free > 0 || q.dropWait > 0) {
+	if q.prodWait > 0 && (q.free >= q.wakeFree || q.dropWait > 0) {
 		signal(q.notFull) // pass the baton to the next waiting producer
 	}
 	return k, hurry
@@ -230,7 +234,7 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 			q.dropWait--
 		}
 		if !woken {
-			if q.free > 0 && q.prodWait > 0 {
+			if q.prodWait > 0 && (q.free >= q.wakeFree || q.dropWait > 0) {
 				signal(q.notFull)
 			}
 			q.mu.Unlock()
@@ -341,7 +345,7 @@ func (q *Queue[T]) Release(n int) {
 
 func (q *Queue[T]) release(n int) {
 	q.free += n
-	if q.prodWait > 0 {
+	if q.prodWait > 0 && (q.free >= q.wakeFree || q.dropWait > 0) {
 		signal(q.notFull)
 	}
 }
