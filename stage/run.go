@@ -25,7 +25,8 @@ import (
 // maxTake is the most items a worker takes from its input at once.
 const maxTake = 32
 
-// slowCall is the work time from which every item is timed (below it, one in 16).
+// slowCall is the work time from which every item is timed (below it, one in
+// core.SampleEvery).
 const slowCall = 4 * time.Microsecond
 
 // Runner is one stage running in one run of a pipeline. It is made by Bind and driven by
@@ -328,7 +329,7 @@ type worker[In, Out any] struct {
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
-	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: 15, catch: new(panics.Catcher)}
+	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: core.SampleEvery - 1, catch: new(panics.Catcher)}
 	if r.next != nil && r.s.kind != KindBatch {
 		w.out = make([]core.Envelope[Out], 0, r.take)
 	}
@@ -760,11 +761,11 @@ func (r *Runner[In, Out]) wallTime(t int64) time.Time {
 }
 
 // startTiming returns when the work on the next item starts, and whether its work time is
-// measured: every item of a slow stage, the first and then one in 16 of a fast one (where a
-// clock read would cost more than the call).
+// measured: every item of a slow stage, the first and then one in core.SampleEvery of a fast one
+// (where a clock read would cost as much as the call).
 func (w *worker[In, Out]) startTiming() (int64, bool) {
 	w.seq++
-	if w.timeAll || w.seq&15 == 0 {
+	if w.timeAll || w.seq%core.SampleEvery == 0 {
 		return w.r.env.Clock.Now(), true
 	}
 	return 0, false // no clock read: the first failure reads it (see attempts)
@@ -777,7 +778,7 @@ func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome s
 	inc(&w.c.timed, 1)
 	if fast := d < slowCall; fast != w.fast {
 		w.fast = fast
-		w.r.in.SampleStamps(fast) // a fast stage's queue stamps one item in 16
+		w.r.in.SampleStamps(fast) // a fast stage's queue stamps one item in core.SampleEvery
 	}
 	w.timeAll = w.r.s.cfg.timeout > 0 || w.r.s.cfg.autoscale != nil || !w.fast
 	w.r.tel.RecordWork(ctx, d, outcome, retry.ErrorType(err))
@@ -794,8 +795,9 @@ func (w *worker[In, Out]) handle(i int) bool {
 	}
 	start, timed := w.startTiming()
 	var wait time.Duration
-	// The queue wait of an item its queue stamped (every item, or one in 16 when the stage is
-	// fast; a traced stage's queue stamps all, for the spans: there only the timed ones).
+	// The queue wait of an item its queue stamped (every item, or one in core.SampleEvery when
+	// the stage is fast; a traced stage's queue stamps all, for the spans: there only the timed
+	// ones).
 	if e.M.Enqueued != 0 && (timed || !r.traced) {
 		now := start
 		if !timed {

@@ -96,7 +96,7 @@
 // stage's own counters by one callback registered with
 // [Telemetry.RegisterStages]; only the two histograms are recorded per item
 // (per sampled item: of a fast stage, stage code records the work time of
-// about one item in 16 and the queue wait of about one in 16, not always the
+// about one item in 64 and the queue wait of about one in 64, not always the
 // same items; see Cost rules).
 //
 //	Name                          Instrument                   Unit       Extra attributes
@@ -155,6 +155,6 @@
 // Retry, Failed, Succeeded and Filtered on a non-recording span: 0.
 // RecordWait and RecordWork: 0, without an SDK and with the metric SDK.
 // Stage code records the two histograms for the items it times: every item
-// of a slow stage, about one in 16 of a fast one, whether or not spans are
+// of a slow stage, about one in 64 of a fast one, whether or not spans are
 // on (see stage.Stats).
 package tracing

@@ -92,11 +92,11 @@ func TestQueueUnpopPutsItemsBackFirst(t *testing.T) {
 	q.ProducerDone()
 }
 
-func TestQueueStampsOneItemInSixteen(t *testing.T) {
-	q := NewQueue[int](100, 1, Clock{Epoch: time.Now().Add(-time.Second)})
+func TestQueueStampsOneItemInSampleEvery(t *testing.T) {
+	q := NewQueue[int](4*SampleEvery, 1, Clock{Epoch: time.Now().Add(-time.Second)})
 	q.AddProducers(1)
 	require.True(t, q.Push(nil, items(0)))
-	buf := make([]Envelope[int], 40)
+	buf := make([]Envelope[int], 2*SampleEvery+10)
 	n, _ := q.Pop(buf, false, 0, nil, nil)
 	require.Equal(t, 1, n)
 	assert.NotZero(t, buf[0].M.Enqueued, "every item until the consumers are known to be fast")
@@ -106,13 +106,18 @@ func TestQueueStampsOneItemInSixteen(t *testing.T) {
 	}
 	require.True(t, q.Push(nil, buf))
 	n, _ = q.Pop(buf, false, 1, nil, nil)
-	require.Equal(t, 40, n)
+	require.Equal(t, len(buf), n)
+	stamped := 0
 	for i, e := range buf[:n] {
-		assert.Equal(t, (i+1)%16 == 0, e.M.Enqueued != 0, "item %d (the %dth pushed)", i, i+2)
+		assert.Equal(t, (i+1)%SampleEvery == 0, e.M.Enqueued != 0, "item %d (the %dth pushed)", i, i+2)
+		if e.M.Enqueued != 0 {
+			stamped++
+		}
 	}
+	assert.Equal(t, 2, stamped, "pushes %d and %d", SampleEvery, 2*SampleEvery)
 	q.StampAll()
 	require.True(t, q.Push(nil, buf[:3]))
-	n, _ = q.Pop(buf, false, 40, nil, nil)
+	n, _ = q.Pop(buf, false, len(buf), nil, nil)
 	require.Equal(t, 3, n)
 	q.SampleStamps(false)
 	for _, e := range buf[:n] {
