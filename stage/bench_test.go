@@ -31,8 +31,8 @@ func benchEnv() *core.Env {
 }
 
 // BenchmarkAttempt is the attempt loop on one goroutine, without hand-offs: a worker of a
-// last stage (its outputs are delivered, not queued) works through batches of 32 items. One
-// op is one item. lean is a stage with the default policy (the short path of a first
+// last stage (its outputs are delivered, not queued) works through batches of 32 items taken
+// from its input (a lean stage's worker claims each batch whole). One op is one item. lean is a stage with the default policy (the short path of a first
 // attempt); guarded has a timeout, so every attempt goes through the full loop (a context
 // with a deadline per attempt, the watchdog timer); retried fails each item's first attempt
 // and succeeds on the second, with no backoff.
@@ -50,9 +50,9 @@ func BenchmarkAttempt(b *testing.B) {
 		name string
 		st   *Stage[int, int]
 	}{
-		{"lean", Map("s", inc)},
-		{"guarded", Map("s", inc, Timeout(time.Minute))},
-		{"retried", Map("s", flaky, Retry(noWait))},
+		{"lean", Map("s", inc, Capacity(maxTake))},
+		{"guarded", Map("s", inc, Capacity(maxTake), Timeout(time.Minute))},
+		{"retried", Map("s", flaky, Capacity(maxTake), Retry(noWait))},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			r := c.st.Bind(benchEnv(), nil)
@@ -62,17 +62,26 @@ func BenchmarkAttempt(b *testing.B) {
 					w.watch.Stop()
 				}
 			}()
+			r.in.AddProducers(1)
+			batch := make([]core.Envelope[int], len(w.buf))
+			release := 0
 			b.ReportAllocs()
-			for i := 0; b.Loop(); i++ {
-				k := i % len(w.buf)
-				if k == 0 {
-					for j := range w.buf {
-						w.buf[j] = core.Envelope[int]{V: j, M: core.Meta{Seq: uint64(i + j), Weight: 1}}
+			b.ResetTimer()
+			for n := 0; n < b.N; n += len(batch) {
+				k := min(len(batch), b.N-n)
+				for j := range k {
+					batch[j] = core.Envelope[int]{V: j, M: core.Meta{Seq: uint64(n + j), Weight: 1}}
+				}
+				r.in.Push(nil, batch[:k])
+				for r.in.Len() > 0 { // (a retried item's worker gives the items after it back)
+					w.k, _ = r.in.Pop(w.buf, false, release, nil, nil)
+					if !w.work(0) {
+						b.Fatal("abandoned")
 					}
+					release = w.k
 				}
-				if !w.handle(k) {
-					b.Fatal("abandoned")
-				}
+				r.in.Release(release)
+				release = 0
 			}
 			w.publish()
 			if got := w.c.succeeded.Load(); got != int64(b.N) {

@@ -1,0 +1,74 @@
+package stage
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/internal/core"
+)
+
+// A fast lean worker claims its whole batch (see work). When a call of that batch hangs past a
+// drain's grace, the abandoner parks the whole batch, the items done before the hung one
+// included: their outputs had not left the worker, so nothing is lost or counted twice.
+func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		env := benchEnv()
+		work, cancel := context.WithCancel(context.Background())
+		env.Work = work
+		var mu sync.Mutex
+		var parked []int
+		env.DeadLetter = func(rec dlq.Record) error {
+			var n int
+			if err := json.Unmarshal(rec.Payload, &n); err != nil {
+				return err
+			}
+			assert.Equal(t, dlq.ReasonShutdown, rec.Reason)
+			mu.Lock()
+			parked = append(parked, n)
+			mu.Unlock()
+			return nil
+		}
+		entered := make(chan struct{})
+		var called []int
+		fn := func(_ context.Context, n int) (int, error) {
+			called = append(called, n)
+			if n == 5 {
+				close(entered)
+				time.Sleep(time.Hour) // ignores its context
+			}
+			return n, nil
+		}
+		next := core.NewQueue[int](64, 1, env.Clock) // a stage after it: the last one does not claim
+		r := Map("m", fn, Workers(1), Capacity(16), Grace(10*time.Millisecond)).Bind(env, next)
+		r.AddProducers(1)
+		batch := make([]core.Envelope[int], 10)
+		for i := range batch {
+			batch[i] = core.Envelope[int]{V: i + 1, M: core.Meta{Seq: uint64(i + 1), Weight: 1}}
+		}
+		require.True(t, r.Input().Push(nil, batch))
+		r.Start() // its one worker takes all ten at once, and claims them
+		<-entered
+		cancel()
+		r.ProducerDone()
+		<-r.Done()
+		st := r.Stats()
+		assert.Equal(t, []int{1, 2, 3, 4, 5}, called)
+		assert.ElementsMatch(t, []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, parked, "the whole batch is parked")
+		assert.EqualValues(t, 1, st.Abandoned)
+		assert.EqualValues(t, 10, st.In)
+		assert.EqualValues(t, 10, st.DeadLetters[dlq.ReasonShutdown])
+		assert.Zero(t, st.Succeeded, "nothing left the stage")
+		assert.Zero(t, st.Out)
+		assert.Zero(t, st.Attempts, "the calls of parked items are not counted")
+		assert.Zero(t, next.Pushed(), "nothing went on")
+		time.Sleep(2 * time.Hour) // let the abandoned call end
+	})
+}
