@@ -14,14 +14,12 @@ import (
 // while capacity and backpressure stay exact. Its producers are counted; when the last is done
 // the queue closes, and consumers see the end once it is empty.
 type Queue[T any] struct {
-	mu   sync.Mutex
-	ring []Envelope[T]
-	head int
-	n    int // queued
-	free int // free slots
-	// wakeFree is how many slots must be free before a waiting producer is woken: a quarter of
-	// them, so that it puts a batch in rather than an item or two before it waits again.
-	wakeFree int
+	mu       sync.Mutex
+	ring     []Envelope[T]
+	head     int
+	n        int // queued
+	free     int // free slots
+	wakeFree int // see producerDue
 	closed   bool
 	consWait int
 	prodWait int
@@ -68,6 +66,15 @@ func signal(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+// producerDue says whether a waiting producer is to be woken: once a quarter of the slots are
+// free (wakeFree), so that it puts a batch in rather than an item or two before it waits again;
+// but at once when a slot is free and the queue is empty, so that no consumer waits for an item
+// while a slot is free; and for a drop-oldest producer as soon as an item is queued (it can evict
+// it). The caller holds the lock.
+func (q *Queue[T]) producerDue() bool {
+	return q.prodWait > 0 && (q.dropWait > 0 || (q.free > 0 && (q.free >= q.wakeFree || q.n == 0)))
 }
 
 func (q *Queue[T]) isClosed() bool {
@@ -163,7 +170,7 @@ func (q *Queue[T]) put(items []Envelope[T]) (k int, hurry bool) {
 		signal(q.notEmpty)
 		hurry = time.Duration(q.gapAvg) > sparse
 	}
-	if q.prodWait > 0 && (q.free >= q.wakeFree || q.dropWait > 0) {
+	if q.producerDue() {
 		signal(q.notFull) // pass the baton to the next waiting producer
 	}
 	return k, hurry
@@ -174,7 +181,7 @@ type Overflow uint8
 
 // The overflow policies.
 const (
-	// OverflowBlock waits for a free slot.
+	// OverflowBlock waits for a free slot (see producerDue for when a waiting producer wakes).
 	OverflowBlock Overflow = iota
 	// OverflowReject fails at once.
 	OverflowReject
@@ -238,7 +245,7 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 			q.dropWait--
 		}
 		if !woken {
-			if q.prodWait > 0 && (q.free >= q.wakeFree || q.dropWait > 0) {
+			if q.producerDue() {
 				signal(q.notFull)
 			}
 			q.mu.Unlock()
@@ -349,7 +356,7 @@ func (q *Queue[T]) Release(n int) {
 
 func (q *Queue[T]) release(n int) {
 	q.free += n
-	if q.prodWait > 0 && (q.free >= q.wakeFree || q.dropWait > 0) {
+	if q.producerDue() {
 		signal(q.notFull)
 	}
 }
@@ -372,6 +379,9 @@ func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-cha
 			}
 			q.mu.Unlock()
 			return 0, false
+		}
+		if q.producerDue() {
+			signal(q.notFull) // a slot is free and this consumer waits: let the producer in
 		}
 		q.consWait++
 		q.mu.Unlock()
