@@ -30,12 +30,13 @@ func benchEnv() *core.Env {
 	}
 }
 
-// BenchmarkAttempt is the attempt loop on one goroutine, without hand-offs: a worker of a
-// last stage (its outputs are delivered, not queued) works through batches of 32 items taken
-// from its input (a lean stage's worker claims each batch whole). One op is one item. lean is a stage with the default policy (the short path of a first
-// attempt); guarded has a timeout, so every attempt goes through the full loop (a context
-// with a deadline per attempt, the watchdog timer); retried fails each item's first attempt
-// and succeeds on the second, with no backoff.
+// BenchmarkAttempt is the attempt loop on one goroutine: a worker of a middle stage works
+// through batches of 32 items taken from its input queue, and its outputs are taken from the
+// next stage's queue on the same goroutine. One op is one item. lean is a stage with the default
+// policy (the short path of a first attempt; its worker claims each batch whole); guarded has a
+// timeout, so every attempt goes through the full loop (a context with a deadline per attempt,
+// the watchdog timer); retried fails each item's first attempt and succeeds on the second, with
+// no backoff.
 func BenchmarkAttempt(b *testing.B) {
 	inc := func(_ context.Context, x int) (int, error) { return x + 1, nil }
 	var calls int
@@ -55,8 +56,12 @@ func BenchmarkAttempt(b *testing.B) {
 		{"retried", Map("s", flaky, Capacity(maxTake), Retry(noWait))},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			r := c.st.Bind(benchEnv(), nil)
+			env := benchEnv()
+			next := core.NewQueue[int](maxTake, 1, env.Clock)
+			next.AddProducers(1)
+			r := c.st.Bind(env, next)
 			w := r.newWorker()
+			outs := make([]core.Envelope[int], maxTake)
 			defer func() {
 				if w.watch != nil {
 					w.watch.Stop()
@@ -79,6 +84,10 @@ func BenchmarkAttempt(b *testing.B) {
 						b.Fatal("abandoned")
 					}
 					release = w.k
+					for next.Len() > 0 {
+						n, _ := next.Pop(outs, false, 0, nil, nil)
+						next.Release(n)
+					}
 				}
 				r.in.Release(release)
 				release = 0

@@ -329,8 +329,9 @@ type worker[In, Out any] struct {
 	// claim is the state of a worker that claimed its whole batch (cur) with one begin, for
 	// first attempts on the short path (see work); 0 when it has not. whole tells the abandoner
 	// so: it then reads nothing the worker writes (outputs, counts) and parks the whole batch.
-	claim uint64
-	whole bool
+	claim   uint64
+	whole   bool
+	credits int // successes of claimed items, credited to the retry budget once they stand
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
@@ -441,7 +442,7 @@ func (w *worker[In, Out]) run() {
 // items are done, so it parks the whole batch, done items included (their outputs had not left
 // the worker): at least once, nothing lost.
 func (w *worker[In, Out]) work(from int) bool {
-	if from == 0 && w.claimable() {
+	if from == 0 && w.r.env.Work.Err() == nil && w.claimable() {
 		w.whole = true
 		w.claim = w.begin(w.buf[:w.k], 1, 0)
 	}
@@ -468,8 +469,9 @@ func (w *worker[In, Out]) work(from int) bool {
 
 // claimable says whether the worker may claim its batch (see work): a lean stage that is not
 // traced, is not the last (whose calls deliver: parking a delivered item would misreport it),
-// and has at most one output per item, on a worker known to be fast whose last batch is all
-// passed on and counted.
+// and has at most one output per item, on a worker that does not time every item (its calls
+// were fast when last timed; a timed item ends the claim before its call) and whose last batch
+// is all passed on and counted.
 func (w *worker[In, Out]) claimable() bool {
 	r := w.r
 	return r.lean && !r.traced && r.next != nil && r.s.kind != KindFlatMap && !w.timeAll && !w.inline &&
@@ -488,6 +490,9 @@ func (w *worker[In, Out]) unclaim() bool {
 		return false
 	}
 	w.whole = false
+	for ; w.credits > 0; w.credits-- {
+		w.r.budget.OnSuccess() // the successes of the claimed items, now that they stand
+	}
 	return true
 }
 
@@ -849,6 +854,10 @@ func (w *worker[In, Out]) handle(i int) bool {
 		return true
 	}
 	start, timed := w.startTiming()
+	if timed && !w.unclaim() {
+		// A timed item's work time is recorded where others see it: its call is not claimed.
+		return false // abandoned: the abandoner parked the item
+	}
 	var wait time.Duration
 	// The queue wait of an item its queue stamped (every item, or one in core.SampleEvery when
 	// the stage is fast; a traced stage's queue stamps all, for the spans: there only the timed
@@ -905,7 +914,11 @@ func (w *worker[In, Out]) handle(i int) bool {
 			}
 			w.lc.attempts++
 			if err == nil && w.catch.Recovered() == nil {
-				r.budget.OnSuccess()
+				if w.claim != 0 {
+					w.credits++
+				} else {
+					r.budget.OnSuccess()
+				}
 			} else {
 				if !w.unclaim() {
 					return false

@@ -22,12 +22,12 @@ type Stats struct {
 	Out          int64 `json:"out"`           // items it passed on (a flat-map's outputs, a batch's batches)
 	Succeeded    int64 `json:"succeeded"`     // inputs whose call succeeded and that were passed on (or delivered)
 	Filtered     int64 `json:"filtered"`      // inputs dropped on purpose
-	Attempts     int64 `json:"attempts"`      // calls made
+	Attempts     int64 `json:"attempts"`      // calls made (not those of a batch parked whole: see Abandoned)
 	Retries      int64 `json:"retries"`       // calls that were retries
 	DeadLettered int64 `json:"dead_lettered"` // inputs durably dead-lettered, all reasons
 	Returned     int64 `json:"returned"`      // inputs handed back unacknowledged to their source by a drain
 	Stranded     int64 `json:"stranded"`      // inputs left without a terminal state because the run failed
-	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation
+	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation (a fast lean worker's whole batch is then parked)
 	Resizes      int64 `json:"resizes"`       // pool resizes by the autoscaler
 	CircuitOpens int64 `json:"circuit_opens"` // times a circuit breaker of the stage opened
 
