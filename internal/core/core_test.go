@@ -277,34 +277,7 @@ func TestQueueOverflowPolicies(t *testing.T) {
 	})
 }
 
-// A producer waiting for slots is woken once a quarter of them are free, so that it puts a batch
-// in rather than an item before it waits again; the slots are still all usable.
-func TestQueueWakesAWaitingProducerForAQuarterOfItsSlots(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		q := NewQueue[int](8, 1, Clock{Epoch: time.Now()})
-		q.AddProducers(1)
-		buf := make([]Envelope[int], 4)
-		require.True(t, q.Push(nil, items(0, 1, 2, 3, 4, 5, 6, 7)))
-		n, _ := q.Pop(buf, false, 0, nil, nil)
-		require.Equal(t, 4, n, "four slots held by the consumer, four queued")
-		done := make(chan bool)
-		go func() { done <- q.Push(nil, items(8, 9, 10, 11)) }()
-		synctest.Wait()
-		q.Release(1)
-		synctest.Wait()
-		assert.Equal(t, 4, q.Len(), "one free slot of 8 does not wake the producer")
-		q.Release(1)
-		synctest.Wait()
-		assert.Equal(t, 6, q.Len(), "two free slots do: it fills them and waits for more")
-		q.Release(2)
-		assert.True(t, <-done)
-		assert.Equal(t, 8, q.Len())
-		q.Release(4)
-		q.ProducerDone()
-	})
-}
-
-// But a consumer never waits for an item while a slot is free and a producer waits for it.
+// A consumer never waits for an item while a slot is free and a producer waits for it.
 func TestQueueWakesAWaitingProducerWhenItsConsumersWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		q := NewQueue[int](8, 2, Clock{Epoch: time.Now()})

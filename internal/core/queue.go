@@ -19,7 +19,6 @@ type Queue[T any] struct {
 	head     int
 	n        int // queued
 	free     int // free slots
-	wakeFree int // see producerDue
 	closed   bool
 	consWait int
 	prodWait int
@@ -53,7 +52,6 @@ func NewQueue[T any](slots, consumers int, clock Clock) *Queue[T] {
 	return &Queue[T]{
 		ring:      make([]Envelope[T], slots),
 		free:      slots,
-		wakeFree:  max(1, slots/4),
 		notEmpty:  make(chan struct{}, 1),
 		notFull:   make(chan struct{}, 1),
 		consumers: max(consumers, 1),
@@ -68,13 +66,10 @@ func signal(c chan struct{}) {
 	}
 }
 
-// producerDue says whether a waiting producer is to be woken: once a quarter of the slots are
-// free (wakeFree), so that it puts a batch in rather than an item or two before it waits again;
-// but at once when a slot is free and the queue is empty, so that no consumer waits for an item
-// while a slot is free; and for a drop-oldest producer as soon as an item is queued (it can evict
-// it). The caller holds the lock.
+// producerDue says whether a waiting producer is to be woken: when a slot is free, or, for a
+// drop-oldest producer, as soon as an item is queued (it can evict it). The caller holds the lock.
 func (q *Queue[T]) producerDue() bool {
-	return q.prodWait > 0 && (q.dropWait > 0 || (q.free > 0 && (q.free >= q.wakeFree || q.n == 0)))
+	return q.prodWait > 0 && (q.free > 0 || q.dropWait > 0)
 }
 
 func (q *Queue[T]) isClosed() bool {
@@ -181,7 +176,7 @@ type Overflow uint8
 
 // The overflow policies.
 const (
-	// OverflowBlock waits for a free slot (see producerDue for when a waiting producer wakes).
+	// OverflowBlock waits for a free slot.
 	OverflowBlock Overflow = iota
 	// OverflowReject fails at once.
 	OverflowReject
@@ -379,9 +374,6 @@ func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-cha
 			}
 			q.mu.Unlock()
 			return 0, false
-		}
-		if q.producerDue() {
-			signal(q.notFull) // a slot is free and this consumer waits: let the producer in
 		}
 		q.consWait++
 		q.mu.Unlock()
