@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Paired A/B of two builds of the benchmarks, for changes smaller than this machine's noise.
+#
+#   go test -c -o /tmp/a.test .    # in bench/, before the change
+#   go test -c -o /tmp/b.test .    # after it
+#   ./ab.sh /tmp/a.test /tmp/b.test [pairs] [bench regex] [benchtime] [metric]
+#
+# Defaults: 12 pairs of 'CPU/sluice$' at 1500000x, metric ns/item. It runs A then B once per
+# pair, alternating, so that both see the same load, and prints the median of A and B and the
+# median of the per-pair ratios B/A, with how many pairs B won (for a metric where lower is
+# better). A ratio whose pairs split evenly is noise.
+set -euo pipefail
+
+a=${1:?usage: ab.sh A.test B.test [pairs] [regex] [benchtime] [metric]}
+b=${2:?usage: ab.sh A.test B.test [pairs] [regex] [benchtime] [metric]}
+pairs=${3:-12}
+regex=${4:-'CPU/sluice$'}
+benchtime=${5:-1500000x}
+metric=${6:-ns/item}
+
+one() {
+	"$1" -test.run '^$' -test.bench "$regex" -test.benchtime "$benchtime" -test.count 1 2>/dev/null |
+		awk -v m="$metric" '{ for (i = 2; i <= NF; i++) if ($i == m) { print $(i - 1); exit } }'
+}
+
+rows=()
+for _ in $(seq "$pairs"); do
+	rows+=("$(one "$a") $(one "$b")")
+done
+printf '%s\n' "${rows[@]}" | awk '
+	function median(v, n,   i, j, t) {
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+		return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+	}
+	NF == 2 && $1 > 0 { n++; A[n] = $1; B[n] = $2; R[n] = $2 / $1; if ($2 < $1) won++ }
+	END {
+		if (n == 0) { print "ab.sh: no results (check the regex and metric)"; exit 1 }
+		printf "pairs %d: A median %.1f, B median %.1f, B/A median %.3f, B lower in %d of %d\n",
+			n, median(A, n), median(B, n), median(R, n), won, n
+	}'
