@@ -827,8 +827,8 @@ func (w *worker[In, Out]) startTiming() (int64, bool) {
 	return 0, false // no clock read: the first failure reads it (see attempts)
 }
 
-// stopTiming records d, the work time of a timed item (see startTiming).
-func (w *worker[In, Out]) stopTiming(d time.Duration, ctx context.Context, outcome string, err error) {
+func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome string, err error) {
+	d := time.Duration(w.r.env.Clock.Now() - start)
 	w.workH.Record(d)
 	inc(&w.c.workNs, int64(d))
 	inc(&w.c.timed, 1)
@@ -933,12 +933,6 @@ func (w *worker[In, Out]) handle(i int) bool {
 	if v == vAbandoned {
 		return false // the abandoner owns the item now: touch nothing
 	}
-	var end int64
-	if timed {
-		// The work ends here: passing the output on (a flush that may wait for the next stage)
-		// or writing a dead letter is not the stage's work, and must not make it look slow.
-		end = r.env.Clock.Now()
-	}
 	if w.claim == 0 {
 		w.curSpan = nil
 	}
@@ -972,7 +966,7 @@ func (w *worker[In, Out]) handle(i int) bool {
 		w.emit(out, m)
 	}
 	if timed {
-		w.stopTiming(time.Duration(end-start), base, outcome, f.err)
+		w.stopTiming(start, base, outcome, f.err)
 	}
 	return true
 }
@@ -1155,19 +1149,19 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	w.curSpan = nil
 	switch v {
 	case vShutdown:
-		w.stopTiming(time.Duration(r.env.Clock.Now()-start), base, tracing.OutcomeReturned, nil)
+		w.stopTiming(start, base, tracing.OutcomeReturned, nil)
 		for i, e := range items {
 			r.park(e, f.attempts, f.first, spanOnce(span, i))
 		}
 		return true
 	case vFailed:
-		w.stopTiming(time.Duration(r.env.Clock.Now()-start), base, tracing.OutcomeDeadLettered, f.err)
+		w.stopTiming(start, base, tracing.OutcomeDeadLettered, f.err)
 		for i, e := range items {
 			r.deadLetter(e, f.reason, f.err, f.attempts, f.first, f.stack, spanOnce(span, i))
 		}
 		return true
 	}
-	w.stopTiming(time.Duration(r.env.Clock.Now()-start), base, tracing.OutcomeSucceeded, nil)
+	w.stopTiming(start, base, tracing.OutcomeSucceeded, nil)
 	r.endSpan(span, tracing.OutcomeSucceeded)
 	w.lc.succeeded += int64(len(items))
 	m := core.Meta{Seq: r.env.Seq.Add(1), Replays: items[0].M.Replays}
