@@ -22,10 +22,11 @@
 // outlives its timeout fails with reason timeout, and if the function ignores its cancelled
 // context for longer than the grace period its worker is replaced, so the pool keeps its size.
 // When the pipeline drains, calls are cancelled, never retried, and their items parked. A worker
-// of a fast stage without a timeout works through a batch of items (up to 32) before it passes
-// their outputs on; if one of its calls ignores a drain's cancellation past the grace period, that
-// whole batch is parked, including the items whose calls had finished (at least once: a replay
-// runs them again).
+// of a fast map or filter that is not the last stage, and has no timeout, rate limit, circuit
+// breaker, autoscaler or spans, claims a batch of items (up to 32) and passes their outputs on
+// when the batch is done; if one of its calls ignores a drain's cancellation past the grace
+// period while it holds that claim, the items of the claim are all parked, including those whose
+// calls had finished (at least once: a replay runs them again).
 //
 // Stages are definitions: they hold no running state, so one stage value may serve several
 // pipelines and runs. Package pipeline chains them and runs them.

@@ -436,11 +436,13 @@ func (w *worker[In, Out]) run() {
 // A worker of a fast lean map or filter that is not the last stage claims its whole batch at
 // once: one begin and one end for the batch instead of one each per item (two locked
 // instructions an item, about a tenth of such a stage's cost). Between them it keeps to itself:
-// outputs stay in w.out, counts in w.lc; anything another goroutine would see (an ack, a park, a
-// dead letter, a retry, a flush) ends the claim first, and the rest of the batch goes item by
-// item. If a call of a claimed batch hangs past a drain's grace, the abandoner cannot tell which
-// items are done, so it parks the whole batch, done items included (their outputs had not left
-// the worker): at least once, nothing lost.
+// outputs stay in w.out, counts in w.lc, retry-budget credits in w.credits; anything another
+// goroutine would see of an item's fate (an ack, a park, a dead letter, a retry, a flush, a
+// recorded work time) ends the claim first, and the rest of the batch goes item by item. (A
+// sampled queue wait is recorded during the claim: it measures a wait that happened, whatever
+// becomes of the item.) If a call of a claimed batch hangs past a drain's grace, the abandoner
+// cannot tell which items are done, so it parks all the claimed items, done ones included (their
+// outputs had not left the worker): at least once, nothing lost.
 func (w *worker[In, Out]) work(from int) bool {
 	if from == 0 && w.r.env.Work.Err() == nil && w.claimable() {
 		w.whole = true

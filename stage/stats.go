@@ -27,7 +27,7 @@ type Stats struct {
 	DeadLettered int64 `json:"dead_lettered"` // inputs durably dead-lettered, all reasons
 	Returned     int64 `json:"returned"`      // inputs handed back unacknowledged to their source by a drain
 	Stranded     int64 `json:"stranded"`      // inputs left without a terminal state because the run failed
-	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation (a fast lean worker's whole batch is then parked)
+	Abandoned    int64 `json:"abandoned"`     // workers given up on because their call ignored cancellation (the items a fast worker had claimed with the call are then all parked: see the package doc)
 	Resizes      int64 `json:"resizes"`       // pool resizes by the autoscaler
 	CircuitOpens int64 `json:"circuit_opens"` // times a circuit breaker of the stage opened
 
@@ -38,10 +38,11 @@ type Stats struct {
 	// included. Both are measured for every item of a stage whose calls take more than a few
 	// microseconds (Work also for every item of a stage with a timeout or an autoscaler), and
 	// for about one item in 64 of faster stages (there a clock read would cost as much as the
-	// call), so Count can be less than In. Whether a stage is fast is judged from its calls as
-	// they go, by each worker for Work and for the stage's input (the last worker to change its
-	// mind) for Wait; a stage whose calls are sometimes fast and sometimes slow is sampled in
-	// between.
+	// call), so Count can be less than In (and Wait keeps the samples of items parked with a hung
+	// call's claimed batch, whose calls Attempts leaves out). Whether a stage is fast is judged
+	// from its calls as they go, by each worker for Work and for the stage's input (the last
+	// worker to change its mind) for Wait; a stage whose calls are sometimes fast and sometimes
+	// slow is sampled in between.
 	//
 	// The counters of a live run lag by at most one batch of a fast stage (a worker publishes
 	// them per batch); those of a slow stage, of an item with an acknowledgement and of an
