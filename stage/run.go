@@ -877,7 +877,7 @@ func (w *worker[In, Out]) handle(i int) bool {
 	if r.traced {
 		base, span = r.startSpan(w.ctx, &e.M, wait)
 	}
-	if w.claim == 0 { // (a claimed batch is not traced: there it stays nil)
+	if r.traced { // (untraced, it stays nil: a claimed batch must not write it)
 		w.curSpan = span
 	}
 	items := w.buf[i : i+1]
@@ -935,7 +935,7 @@ func (w *worker[In, Out]) handle(i int) bool {
 	if v == vAbandoned {
 		return false // the abandoner owns the item now: touch nothing
 	}
-	if w.claim == 0 {
+	if r.traced {
 		w.curSpan = nil
 	}
 	outcome := tracing.OutcomeSucceeded
