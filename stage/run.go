@@ -99,6 +99,9 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 	if r.traced || s.kind == KindBatch {
 		r.in.StampAll() // a span, or a batch's max wait, needs every item's queue wait
 	}
+	if s.kind != KindBatch {
+		r.in.MayUnpop() // a worker waiting out a retry gives its other items back (giveBack)
+	}
 	return r
 }
 

@@ -295,3 +295,41 @@ func TestQueueWakesAWaitingProducerWhenItsConsumersWait(t *testing.T) {
 		q.ProducerDone()
 	})
 }
+
+// A queue whose consumers may give items back does not end while one holds items: another
+// consumer waits for them instead of ending, and ends once every slot is back.
+func TestQueueEndsOnlyWhenNoItemCanComeBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := NewQueue[int](4, 2, Clock{Epoch: time.Now()})
+		q.MayUnpop()
+		q.AddProducers(1)
+		require.True(t, q.Push(nil, items(1, 2, 3)))
+		q.ProducerDone()
+		held := make([]Envelope[int], 4)
+		n, ok := q.Pop(held, false, 0, nil, nil) // consumer A takes all three
+		require.True(t, ok)
+		require.Equal(t, 3, n)
+		got := make(chan []int)
+		go func() { // consumer B: the queue is closed and empty, but A holds items
+			buf := make([]Envelope[int], 4)
+			var all []int
+			release := 0
+			for {
+				n, ok := q.Pop(buf, false, release, nil, nil)
+				if !ok {
+					got <- all
+					return
+				}
+				for _, e := range buf[:n] {
+					all = append(all, e.V)
+				}
+				release = n
+			}
+		}()
+		synctest.Wait()
+		q.Unpop(held[1:3]) // A is held up with item 1 and gives 2 and 3 back
+		synctest.Wait()
+		q.Release(1) // A is done with item 1
+		assert.Equal(t, []int{2, 3}, <-got, "B took what A gave back, then saw the end")
+	})
+}

@@ -31,6 +31,7 @@ type Queue[T any] struct {
 	consumers int
 	clock     Clock
 	stampAll  atomic.Bool
+	unpops    bool // consumers may give items back (Unpop): see ended
 	// lastNow and lastAt are the last enqueue stamp and the push count it was taken at; gapAvg
 	// is the running mean of the time between pushes they give (see put and Offer).
 	lastNow, lastAt, gapAvg int64
@@ -72,6 +73,19 @@ func (q *Queue[T]) producerDue() bool {
 	return q.prodWait > 0 && (q.free > 0 || q.dropWait > 0)
 }
 
+// ended says whether consumers have seen the end of the input: the queue is closed and empty
+// and, if consumers may give items back (Unpop), no slot is held by one that could. The caller
+// holds the lock.
+func (q *Queue[T]) ended() bool {
+	return q.closed && q.n == 0 && (!q.unpops || q.free == len(q.ring))
+}
+
+// MayUnpop says, before the queue is used, that its consumers may give items back (Unpop): the
+// end of the input then also waits for every slot to be given back, so that no consumer ends
+// while items it should take could still come back. (A consumer that waits in Pop must hold no
+// slot then, or it would wait for itself.)
+func (q *Queue[T]) MayUnpop() { q.unpops = true }
+
 func (q *Queue[T]) isClosed() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -103,7 +117,7 @@ func (q *Queue[T]) ProducerDone() {
 	}
 	q.mu.Lock()
 	q.closed = true
-	if q.consWait > 0 {
+	if q.consWait > 0 && q.ended() {
 		signal(q.notEmpty)
 	}
 	q.mu.Unlock()
@@ -354,6 +368,9 @@ func (q *Queue[T]) release(n int) {
 	if q.producerDue() {
 		signal(q.notFull)
 	}
+	if q.consWait > 0 && q.ended() {
+		signal(q.notEmpty) // the last slot back: the waiting consumers see the end
+	}
 }
 
 // Pop gives back release slots, then takes up to len(dst) queued items into dst: all it can
@@ -361,14 +378,14 @@ func (q *Queue[T]) release(n int) {
 // else its fair share of what is queued (at least one), so that slow calls do not leave items
 // waiting in one worker's hands while others are idle. A quiet queue hands out each item at
 // once. It waits while the queue is empty, until timeout fires or cancel ends (nil: never; then
-// it returns 0, true). It returns ok false once the queue is closed and empty.
+// it returns 0, true). It returns ok false once the input has ended (see ended).
 func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-chan time.Time, cancel <-chan struct{}) (n int, ok bool) {
 	q.mu.Lock()
 	if release > 0 {
 		q.release(release)
 	}
 	for q.n == 0 {
-		if q.closed {
+		if q.ended() {
 			if q.consWait > 0 {
 				signal(q.notEmpty) // let the other waiting consumers see the end too
 			}
@@ -392,7 +409,7 @@ func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-cha
 		q.mu.Lock()
 		q.consWait--
 		if !woken {
-			if (q.n > 0 || q.closed) && q.consWait > 0 {
+			if (q.n > 0 || q.ended()) && q.consWait > 0 {
 				signal(q.notEmpty) // pass on a wake-up this consumer may have missed
 			}
 			q.mu.Unlock()
@@ -411,7 +428,7 @@ func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-cha
 		}
 	}
 	q.n -= k
-	if (q.n > 0 || q.closed) && q.consWait > 0 {
+	if (q.n > 0 || q.ended()) && q.consWait > 0 {
 		signal(q.notEmpty)
 	}
 	q.mu.Unlock()
