@@ -3,6 +3,7 @@ package stage
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -15,27 +16,37 @@ import (
 	"github.com/sluicehq/sluice/internal/core"
 )
 
+// drainEnv is an environment whose work context cancel ends (a drain past its deadline), and
+// whose dead letters, all of reason shutdown, parked returns (their payloads).
+func drainEnv(t *testing.T) (env *core.Env, cancel context.CancelFunc, parked func() []int) {
+	env = benchEnv()
+	env.Work, cancel = context.WithCancel(context.Background())
+	var mu sync.Mutex
+	var got []int
+	env.DeadLetter = func(rec dlq.Record) error {
+		var n int
+		if err := json.Unmarshal(rec.Payload, &n); err != nil {
+			return err
+		}
+		assert.Equal(t, dlq.ReasonShutdown, rec.Reason)
+		mu.Lock()
+		got = append(got, n)
+		mu.Unlock()
+		return nil
+	}
+	return env, cancel, func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+}
+
 // A fast lean worker claims its whole batch (see work). When a call of that batch hangs past a
 // drain's grace, the abandoner parks the whole batch, the items done before the hung one
 // included: their outputs had not left the worker, so nothing is lost or counted twice.
 func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		env := benchEnv()
-		work, cancel := context.WithCancel(context.Background())
-		env.Work = work
-		var mu sync.Mutex
-		var parked []int
-		env.DeadLetter = func(rec dlq.Record) error {
-			var n int
-			if err := json.Unmarshal(rec.Payload, &n); err != nil {
-				return err
-			}
-			assert.Equal(t, dlq.ReasonShutdown, rec.Reason)
-			mu.Lock()
-			parked = append(parked, n)
-			mu.Unlock()
-			return nil
-		}
+		env, cancel, parked := drainEnv(t)
 		entered := make(chan struct{})
 		var called []int
 		fn := func(_ context.Context, n int) (int, error) {
@@ -65,7 +76,7 @@ func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 		<-r.Done()
 		st := r.Stats()
 		assert.Equal(t, []int{100, 1, 2, 3, 4, 5}, called)
-		assert.ElementsMatch(t, []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, parked, "the whole batch is parked")
+		assert.ElementsMatch(t, []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, parked(), "the whole batch is parked")
 		assert.EqualValues(t, 1, st.Abandoned)
 		assert.EqualValues(t, 11, st.In)
 		assert.EqualValues(t, 10, st.DeadLetters[dlq.ReasonShutdown])
@@ -73,6 +84,53 @@ func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 		assert.EqualValues(t, 1, st.Out)
 		assert.EqualValues(t, 1, st.Attempts, "the calls of parked items are not counted")
 		assert.EqualValues(t, 1, next.Pushed(), "nothing of the batch went on")
+		time.Sleep(2 * time.Hour) // the abandoned call ends, and the worker touches nothing
+		synctest.Wait()
+		assert.Equal(t, st, r.Stats(), "the stats of a finished run do not change")
+	})
+}
+
+// The last stage's fast calls run on the tight loop without a claim (see quick): when one hangs
+// past a drain's grace, only that item is parked with it; the items before it stay delivered, the
+// ones after it are parked by the replacement worker, and the hung call, when it returns at last,
+// changes nothing.
+func TestAbandonedCallOfTheLastStage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		env, cancel, parked := drainEnv(t)
+		entered := make(chan struct{})
+		var called []int
+		fn := func(_ context.Context, n int) error {
+			called = append(called, n)
+			if n == 5 {
+				close(entered)
+				time.Sleep(time.Hour) // ignores its context
+			}
+			return nil
+		}
+		r := Sink("s", fn, Workers(1), Capacity(16), Grace(10*time.Millisecond)).Bind(env, nil)
+		r.AddProducers(1)
+		r.Start()
+		require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: 100, M: core.Meta{Seq: 100, Weight: 1}}}))
+		synctest.Wait()
+		batch := make([]core.Envelope[int], 10)
+		for i := range batch {
+			batch[i] = core.Envelope[int]{V: i + 1, M: core.Meta{Seq: uint64(i + 1), Weight: 1}}
+		}
+		require.True(t, r.Input().Push(nil, batch))
+		<-entered
+		cancel()
+		r.ProducerDone()
+		<-r.Done()
+		st := r.Stats()
+		assert.Equal(t, []int{100, 1, 2, 3, 4, 5}, called)
+		assert.ElementsMatch(t, []int{5, 6, 7, 8, 9, 10}, parked(), "the hung item and those after it")
+		assert.EqualValues(t, 1, st.Abandoned)
+		assert.EqualValues(t, 11, st.In)
+		assert.EqualValues(t, 6, st.DeadLetters[dlq.ReasonShutdown])
+		assert.EqualValues(t, 5, st.Succeeded, "the items before the hung one were delivered")
+		assert.EqualValues(t, 5, st.Attempts, "the abandoned call is not counted")
+		delivered, _ := r.Units()
+		assert.EqualValues(t, 5, delivered)
 		time.Sleep(2 * time.Hour) // the abandoned call ends, and the worker touches nothing
 		synctest.Wait()
 		assert.Equal(t, st, r.Stats(), "the stats of a finished run do not change")

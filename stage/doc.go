@@ -21,12 +21,17 @@
 // retried; an error carrying a delay (retry.After) is retried after that delay; an attempt that
 // outlives its timeout fails with reason timeout, and if the function ignores its cancelled
 // context for longer than the grace period its worker is replaced, so the pool keeps its size.
-// When the pipeline drains, calls are cancelled, never retried, and their items parked. A worker
-// of a fast map or filter that is not the last stage, and has no timeout, rate limit, circuit
-// breaker, autoscaler or spans, claims a batch of items (up to 32) and passes their outputs on
-// when the batch is done; if one of its calls ignores a drain's cancellation past the grace
-// period while it holds that claim, the items of the claim are all parked, including those whose
-// calls had finished (at least once: a replay runs them again).
+// When the pipeline drains, calls are cancelled, never retried, and their items parked.
+//
+// A worker of a fast map, filter or sink with no timeout, rate limit, circuit breaker or spans
+// runs the first attempts of the items it took (up to 32) in one tight loop, with one recover for
+// the batch; an item whose first attempt fails or panics goes on through the full attempt loop,
+// and the loop resumes after it. Such a worker of a map or filter that is not the last stage
+// (and has no autoscaler) also claims the batch and passes its outputs on when the batch is done;
+// if one of its calls ignores a drain's cancellation past the grace period while it holds that
+// claim, the items of the claim are all parked, including those whose calls had finished (at
+// least once: a replay runs them again). The last stage never claims: there a hung call parks
+// its own item only.
 //
 // Stages are definitions: they hold no running state, so one stage value may serve several
 // pipelines and runs. Package pipeline chains them and runs them.

@@ -335,6 +335,13 @@ type worker[In, Out any] struct {
 	claim   uint64
 	whole   bool
 	credits int // successes of claimed items, credited to the retry budget once they stand
+
+	// The state of the tight loop (see quick): the call of buf[i] was made (and did not succeed:
+	// failed holds its error, catch a panic); the worker was abandoned during a call; the state
+	// of an unclaimed attempt that is running.
+	called, lost bool
+	failed       error
+	fastRunning  uint64
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
@@ -436,13 +443,16 @@ func (w *worker[In, Out]) run() {
 // work processes buf[from:k], then pushes the outputs on; false means the worker was
 // abandoned and must exit at once.
 //
+// The first attempts of a fast lean map, filter or sink run in one tight loop (see quick); what
+// needs more than a first attempt that succeeds goes item by item through handle.
+//
 // A worker of a fast lean map or filter that is not the last stage claims its whole batch at
 // once: one begin and one end for the batch instead of one each per item (two locked
 // instructions an item, about a tenth of such a stage's cost). Between them it keeps to itself:
 // outputs stay in w.out, counts in w.lc, retry-budget credits in w.credits; anything another
-// goroutine would see of an item's fate (an ack, a park, a dead letter, a retry, a flush, a
-// recorded work time) ends the claim first, and the rest of the batch goes item by item. (A
-// sampled queue wait is recorded during the claim: it measures a wait that happened, whatever
+// goroutine would see of an item's fate (an ack, a park, a dead letter, a retry, a flush) ends
+// the claim first, and the rest of the batch goes item by item. (A sampled queue wait or work
+// time is recorded during the claim: it measures a wait or a call that happened, whatever
 // becomes of the item.) If a call of a claimed batch hangs past a drain's grace, the abandoner
 // cannot tell which items are done, so it parks all the claimed items, done ones included (their
 // outputs had not left the worker): at least once, nothing lost.
@@ -452,7 +462,32 @@ func (w *worker[In, Out]) work(from int) bool {
 		w.claim = w.begin(w.buf[:w.k], 1, 0)
 	}
 	for w.i = from; w.i < w.k; w.i++ {
-		if !w.handle(w.i) {
+		if w.fastable() {
+			w.called, w.failed, w.lost = false, nil, false
+			w.catch.Try(w.quick)
+			if w.lost {
+				return false // abandoned during a call: the abandoner owns the item
+			}
+			if w.i == w.k {
+				break
+			}
+			if w.called {
+				// The first attempt of buf[i] failed or panicked: handle goes on from there.
+				if w.fastRunning != 0 && !w.end(w.fastRunning) {
+					return false // (a panic skipped the end of an unclaimed attempt)
+				}
+				w.fastRunning = 0
+				if w.catch.Recovered() != nil {
+					w.lc.attempts++ // (a panic skipped the count)
+				}
+				err := w.failed
+				if !w.handle(w.i, &err) {
+					return false
+				}
+				continue
+			}
+		}
+		if !w.handle(w.i, nil) {
 			return false
 		}
 		if w.timeAll {
@@ -470,6 +505,71 @@ func (w *worker[In, Out]) work(from int) bool {
 	w.flush()
 	w.publish()
 	return true
+}
+
+// fastable says whether the worker's next items may run on the tight loop (see quick): a lean,
+// untraced map, filter or sink whose calls were fast when last timed, outside a drain.
+func (w *worker[In, Out]) fastable() bool {
+	r := w.r
+	return r.lean && !r.traced && r.s.one != nil && r.s.kind != KindBatch && !w.timeAll && !w.inline &&
+		r.env.Work.Err() == nil
+}
+
+// quick runs the first attempts of buf[w.i:w.k] in one loop, under w.catch.Try (one deferred
+// recover for many calls). A success is passed on (see emit) and counted at once. It stops at the
+// first item that needs more than that: before its call when the item is to be timed (one in
+// core.SampleEvery), is an acknowledged input of a claimed filter (its ack ends the claim), or
+// the run's work ended (a drain parks it); after its call when the call failed or panicked
+// (called is then left set, failed holds the error, w.catch the panic). It sets lost when the
+// worker was abandoned during an unclaimed call.
+func (w *worker[In, Out]) quick() {
+	r := w.r
+	one, maxAttempts := r.s.one, r.policy.MaxAttempts
+	ackFilter := r.s.kind == KindFilter && w.claim != 0
+	for ; w.i < w.k; w.i++ {
+		e := &w.buf[w.i]
+		if (w.seq+1)%core.SampleEvery == 0 || (ackFilter && e.M.Tracker != nil) || (r.next != nil && len(w.out) == cap(w.out)) ||
+			r.env.Work.Err() != nil {
+			return
+		}
+		w.seq++
+		if e.M.Enqueued != 0 {
+			wait := time.Duration(r.env.Clock.Now() - e.M.Enqueued)
+			w.waitH.Record(wait)
+			r.tel.RecordWait(w.ctx, wait)
+		}
+		w.info.set(&e.M, 1, maxAttempts)
+		if w.claim == 0 {
+			w.fastRunning = w.begin(w.buf[w.i:w.i+1], 1, 0)
+		}
+		w.called = true
+		in := e.V // (an abandoned call must not touch the buffer)
+		out, keep, err := one(w.ctx, in)
+		if s := w.fastRunning; s != 0 {
+			w.fastRunning = 0
+			if !w.end(s) {
+				w.lost = true // the abandoner owns the item and the counts: touch nothing
+				return
+			}
+		}
+		w.lc.attempts++
+		if err != nil {
+			w.failed = err
+			return
+		}
+		w.called = false
+		if w.claim != 0 {
+			w.credits++
+		} else {
+			r.budget.OnSuccess()
+		}
+		if !keep {
+			w.filtered(e.M)
+			continue
+		}
+		w.lc.succeeded++
+		w.emit(out, &e.M)
+	}
 }
 
 // claimable says whether the worker may claim its batch (see work): a lean stage that is not
@@ -847,18 +947,26 @@ func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome s
 
 // handle processes one input of a map, filter, flat-map or sink; false means the worker was
 // abandoned and must exit.
-func (w *worker[In, Out]) handle(i int) bool {
+//
+// done, if not nil, is the error of the item's first attempt, already made (and counted) by the
+// tight loop (see quick), which failed or panicked (w.catch holds the panic): handle goes on with
+// the retries.
+func (w *worker[In, Out]) handle(i int, done *error) bool {
 	r := w.r
 	e := &w.buf[i]
-	draining := r.env.Work.Err() != nil
-	if (draining || (e.M.Tracker != nil && r.s.kind == KindFilter)) && !w.unclaim() {
+	draining := done == nil && r.env.Work.Err() != nil
+	if (draining || done != nil || (e.M.Tracker != nil && r.s.kind == KindFilter)) && !w.unclaim() {
 		return false // abandoned: the abandoner parked the item
 	}
 	if draining {
 		r.park(*e, 0, time.Time{}, nil)
 		return true
 	}
-	start, timed := w.startTiming()
+	var start int64
+	var timed bool
+	if done == nil {
+		start, timed = w.startTiming()
+	}
 	if timed && !w.unclaim() {
 		// A timed item's work time is recorded where others see it: its call is not claimed.
 		return false // abandoned: the abandoner parked the item
@@ -866,8 +974,8 @@ func (w *worker[In, Out]) handle(i int) bool {
 	var wait time.Duration
 	// The queue wait of an item its queue stamped (every item, or one in core.SampleEvery when
 	// the stage is fast; a traced stage's queue stamps all, for the spans: there only the timed
-	// ones).
-	if e.M.Enqueued != 0 && (timed || !r.traced) {
+	// ones). The tight loop recorded it already.
+	if e.M.Enqueued != 0 && (timed || !r.traced) && done == nil {
 		now := start
 		if !timed {
 			now = r.env.Clock.Now()
@@ -902,8 +1010,8 @@ func (w *worker[In, Out]) handle(i int) bool {
 			out, keep, err = r.s.one(ctx, in)
 			return err
 		}
-		var first *error
-		if r.lean {
+		first := done
+		if r.lean && done == nil {
 			// The short path of a first attempt: no timeout, no guards to consult. Anything
 			// but a success goes on in attempts.
 			// A worker that claimed its batch (see work) marks nothing per item.
