@@ -195,13 +195,9 @@ func (s *SeqSource[T]) KeyBy(key func(T) string) *SeqSource[T] {
 }
 
 // Emit implements Source.
-func (s *SeqSource[T]) Emit(ctx context.Context, admit Admit[T]) error {
+func (s *SeqSource[T]) Emit(_ context.Context, admit Admit[T]) error {
 	for v := range s.seq {
-		if ctx.Err() != nil {
-			s.keep(v)
-			return nil
-		}
-		if !s.offer(admit, v) {
+		if !s.offer(admit, v) { // (during a drain, admit refuses v and offer keeps it)
 			return nil
 		}
 	}
