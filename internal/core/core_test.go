@@ -333,3 +333,42 @@ func TestQueueEndsOnlyWhenNoItemCanComeBack(t *testing.T) {
 		assert.Equal(t, []int{2, 3}, <-got, "B took what A gave back, then saw the end")
 	})
 }
+
+// Items go in and come out in order however the ring wraps, in batches of every size, and a
+// slot an item was taken from keeps no reference to it (the queue copies and clears in bulk).
+func TestQueueOrderAcrossTheRingsWrap(t *testing.T) {
+	q := NewQueue[*int](5, 1, Clock{Epoch: time.Now()})
+	q.AddProducers(1)
+	next, want := 0, 0
+	buf := make([]Envelope[*int], 5)
+	held := 0
+	for round := range 60 {
+		in := make([]Envelope[*int], 1+round%5)
+		for i := range in {
+			v := next
+			in[i] = Envelope[*int]{V: &v}
+			next++
+		}
+		fits := min(len(in), 5-held-q.Len())
+		require.True(t, q.Push(nil, in[:fits]))
+		next -= len(in) - fits // what did not fit goes in next round
+		n, ok := q.Pop(buf[:1+round%3], false, held, nil, nil)
+		require.True(t, ok)
+		for _, e := range buf[:n] {
+			require.Equal(t, want, *e.V, "round %d", round)
+			want++
+		}
+		held = n
+		q.mu.Lock()
+		for i := range q.ring {
+			queued := (i-q.head+len(q.ring))%len(q.ring) < q.n
+			if !queued {
+				require.Nil(t, q.ring[i].V, "round %d: slot %d was taken from and still holds its item", round, i)
+			}
+		}
+		q.mu.Unlock()
+	}
+	require.Greater(t, want, 50)
+	q.Release(held)
+	q.ProducerDone()
+}

@@ -164,11 +164,10 @@ func (q *Queue[T]) put(items []Envelope[T]) (k int, hurry bool) {
 			}
 			items[i].M.Enqueued = now
 		}
-		q.ring[tail] = items[i]
-		if tail++; tail == len(q.ring) {
-			tail = 0
-		}
 	}
+	// One bulk copy (two when the ring wraps) rather than an assignment per item.
+	c := copy(q.ring[tail:], items[:k])
+	copy(q.ring, items[c:k])
 	q.n += k
 	q.free -= k
 	q.pushed = pushed + int64(k)
@@ -420,12 +419,13 @@ func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-cha
 	if share {
 		k = min(k, max(1, q.n/q.consumers))
 	}
-	for i := range k {
-		dst[i] = q.ring[q.head]
-		q.ring[q.head] = Envelope[T]{}
-		if q.head++; q.head == len(q.ring) {
-			q.head = 0
-		}
+	// Bulk copies and clears (two of each when the ring wraps), not an assignment per item.
+	c := copy(dst[:k], q.ring[q.head:])
+	clear(q.ring[q.head : q.head+c])
+	copy(dst[c:k], q.ring)
+	clear(q.ring[:k-c])
+	if q.head += k; q.head >= len(q.ring) {
+		q.head -= len(q.ring)
 	}
 	q.n -= k
 	if (q.n > 0 || q.ended()) && q.consWait > 0 {
