@@ -342,6 +342,7 @@ type worker[In, Out any] struct {
 	called, lost bool
 	failed       error
 	fastRunning  uint64
+	quickStart   int64 // when the call of buf[i] started, if it is timed (one in core.SampleEvery)
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
@@ -516,25 +517,32 @@ func (w *worker[In, Out]) fastable() bool {
 }
 
 // quick runs the first attempts of buf[w.i:w.k] in one loop, under w.catch.Try (one deferred
-// recover for many calls). A success is passed on (see emit) and counted at once. It stops at the
-// first item that needs more than that: before its call when the item is to be timed (one in
-// core.SampleEvery), is an acknowledged input of a claimed filter (its ack ends the claim), or
+// recover for many calls). A success is passed on (see emit) and counted at once; one call in
+// core.SampleEvery is timed. It stops at the first item that needs more than that: before its
+// call when the item is an acknowledged input of a claimed filter (its ack ends the claim), or
 // the run's work ended (a drain parks it); after its call when the call failed or panicked
-// (called is then left set, failed holds the error, w.catch the panic). It sets lost when the
-// worker was abandoned during an unclaimed call.
+// (called is then left set, failed holds the error, w.catch the panic), or when its timing shows
+// that calls got slow. It sets lost when the worker was abandoned during an unclaimed call.
 func (w *worker[In, Out]) quick() {
 	r := w.r
 	one, maxAttempts := r.s.one, r.policy.MaxAttempts
 	ackFilter := r.s.kind == KindFilter && w.claim != 0
 	for ; w.i < w.k; w.i++ {
 		e := &w.buf[w.i]
-		if (w.seq+1)%core.SampleEvery == 0 || (ackFilter && e.M.Tracker != nil) || (r.next != nil && len(w.out) == cap(w.out)) ||
-			r.env.Work.Err() != nil {
+		if (ackFilter && e.M.Tracker != nil) || (r.next != nil && len(w.out) == cap(w.out)) || r.env.Work.Err() != nil {
 			return
 		}
 		w.seq++
+		w.quickStart = 0
+		if w.seq%core.SampleEvery == 0 {
+			w.quickStart = max(r.env.Clock.Now(), 1) // (0: not timed)
+		}
 		if e.M.Enqueued != 0 {
-			wait := time.Duration(r.env.Clock.Now() - e.M.Enqueued)
+			now := w.quickStart
+			if now == 0 {
+				now = r.env.Clock.Now()
+			}
+			wait := time.Duration(now - e.M.Enqueued)
 			w.waitH.Record(wait)
 			r.tel.RecordWait(w.ctx, wait)
 		}
@@ -563,12 +571,21 @@ func (w *worker[In, Out]) quick() {
 		} else {
 			r.budget.OnSuccess()
 		}
+		outcome := tracing.OutcomeSucceeded
 		if !keep {
+			outcome = tracing.OutcomeFiltered
 			w.filtered(e.M)
-			continue
+		} else {
+			w.lc.succeeded++
+			w.emit(out, &e.M)
 		}
-		w.lc.succeeded++
-		w.emit(out, &e.M)
+		if w.quickStart != 0 {
+			w.stopTiming(w.quickStart, w.ctx, outcome, nil)
+			if w.timeAll {
+				w.i++ // the calls got slow: the rest of the batch goes item by item
+				return
+			}
+		}
 	}
 }
 
@@ -962,8 +979,7 @@ func (w *worker[In, Out]) handle(i int, done *error) bool {
 		r.park(*e, 0, time.Time{}, nil)
 		return true
 	}
-	var start int64
-	var timed bool
+	start, timed := w.quickStart, w.quickStart != 0 // (a first attempt made in the tight loop)
 	if done == nil {
 		start, timed = w.startTiming()
 	}

@@ -38,8 +38,8 @@ type Stats struct {
 	// included. Both are measured for every item of a stage whose calls take more than a few
 	// microseconds (Work also for every item of a stage with a timeout or an autoscaler), and
 	// for about one item in 64 of faster stages (there a clock read would cost as much as the
-	// call), so Count can be less than In (and Wait keeps the samples of items parked with a hung
-	// call's claimed batch, whose calls Attempts leaves out). Whether a stage is fast is judged
+	// call), so Count can be less than In (and Wait and Work keep the samples of items parked with
+	// a hung call's claimed batch, whose calls Attempts leaves out). Whether a stage is fast is judged
 	// from its calls as they go, by each worker for Work and for the stage's input (the last
 	// worker to change its mind) for Wait; a stage whose calls are sometimes fast and sometimes
 	// slow is sampled in between.
