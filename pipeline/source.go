@@ -131,7 +131,7 @@ func (f *feeder[T]) keep(v T) {
 
 // Leftover returns the value that the source took from its input but did not hand over because
 // the run started draining, if there is one: nothing taken is ever dropped silently. The next
-// run of the same source hands it over first.
+// run of a ChanSource hands it over first; a SeqSource's next run starts its iterator again.
 func (f *feeder[T]) Leftover() (T, bool) {
 	if f.leftover == nil {
 		var zero T

@@ -3,7 +3,11 @@ package stage
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -135,4 +139,69 @@ func TestAbandonedCallOfTheLastStage(t *testing.T) {
 		synctest.Wait()
 		assert.Equal(t, st, r.Stats(), "the stats of a finished run do not change")
 	})
+}
+
+// The timed call of a claimed batch (the worker's first call is timed) hangs past a drain's
+// grace: its work time is recorded only if the claim stands, so when the call returns at last,
+// the stats of the finished run do not change.
+func TestAbandonedTimedCallOfAClaimLeavesNoTrace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		env, cancel, parked := drainEnv(t)
+		entered := make(chan struct{})
+		fn := func(_ context.Context, n int) (int, error) {
+			if n == 1 {
+				close(entered)
+				time.Sleep(time.Hour) // ignores its context
+			}
+			return n, nil
+		}
+		next := core.NewQueue[int](64, 1, env.Clock)
+		r := Map("m", fn, Workers(1), Capacity(16), Grace(10*time.Millisecond)).Bind(env, next)
+		r.AddProducers(1)
+		r.Start()
+		batch := make([]core.Envelope[int], 10)
+		for i := range batch {
+			batch[i] = core.Envelope[int]{V: i + 1, M: core.Meta{Seq: uint64(i + 1), Weight: 1}}
+		}
+		require.True(t, r.Input().Push(nil, batch))
+		<-entered
+		cancel()
+		r.ProducerDone()
+		<-r.Done()
+		st := r.Stats()
+		assert.ElementsMatch(t, []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, parked())
+		assert.Zero(t, st.Work.Count)
+		time.Sleep(2 * time.Hour) // the abandoned call ends
+		synctest.Wait()
+		assert.Equal(t, st, r.Stats(), "the stats of a finished run do not change")
+	})
+}
+
+// A panic in what follows a successful call on the tight loop (here the source's
+// acknowledgement) is not taken for a panic of the call: the item is not handled again. As
+// outside the loop, it propagates (run in a child process, which it ends).
+func TestPanicAfterTheCallIsNotTheCalls(t *testing.T) {
+	if os.Getenv("SLUICE_ACK_PANIC") == "1" {
+		env := benchEnv()
+		calls := 0
+		fn := func(_ context.Context, n int) error {
+			calls++
+			fmt.Fprintf(os.Stderr, "call %d\n", calls)
+			return nil
+		}
+		r := Sink("s", fn, Workers(1), Capacity(4)).Bind(env, nil)
+		r.AddProducers(1)
+		r.Start()
+		tr := core.NewRoot(func(core.Outcome) { panic("ack failed") })
+		r.Input().Push(nil, []core.Envelope[int]{{V: 7, M: core.Meta{Seq: 1, Weight: 1, Tracker: tr}}})
+		r.ProducerDone()
+		<-r.Done()
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestPanicAfterTheCallIsNotTheCalls$")
+	cmd.Env = append(os.Environ(), "SLUICE_ACK_PANIC=1")
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "the panic ends the child: %s", out)
+	assert.Contains(t, string(out), "ack failed")
+	assert.Equal(t, 1, strings.Count(string(out), "call "), "one call, not retried: %s", out)
 }

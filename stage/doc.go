@@ -23,11 +23,11 @@
 // context for longer than the grace period its worker is replaced, so the pool keeps its size.
 // When the pipeline drains, calls are cancelled, never retried, and their items parked.
 //
-// A worker of a fast map, filter or sink with no timeout, rate limit, circuit breaker or spans
-// runs the first attempts of the items it took (up to 32) in one tight loop, with one recover for
+// A worker of a fast map, filter or sink with no timeout, rate limit, circuit breaker, spans,
+// autoscaler or retry time budget (Policy.MaxElapsedTime) runs the first attempts of the items it took (up to 32) in one tight loop, with one recover for
 // the batch; an item whose first attempt fails or panics goes on through the full attempt loop,
 // and the loop resumes after it. Such a worker of a map or filter that is not the last stage
-// (and has no autoscaler) also claims the batch and passes its outputs on when the batch is done;
+// also claims the batch and passes its outputs on when the batch is done;
 // if one of its calls ignores a drain's cancellation past the grace period while it holds that
 // claim, the items of the claim are all parked, including those whose calls had finished (at
 // least once: a replay runs them again). The last stage never claims: there a hung call parks

@@ -343,10 +343,20 @@ type worker[In, Out any] struct {
 	failed       error
 	fastRunning  uint64
 	quickStart   int64 // when the call of buf[i] started, if it is timed (one in core.SampleEvery)
+	// timing is the work time of a claimed call, recorded when the claim ends (d < 0: none; a
+	// claim holds at most 32 items, so at most one of its calls in core.SampleEvery is timed).
+	timing pendingTiming
+}
+
+type pendingTiming struct {
+	d       time.Duration
+	changed bool
+	outcome string
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
-	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: core.SampleEvery - 1, catch: new(panics.Catcher)}
+	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: core.SampleEvery - 1, catch: new(panics.Catcher),
+		timing: pendingTiming{d: -1}}
 	if r.next != nil && r.s.kind != KindBatch {
 		w.out = make([]core.Envelope[Out], 0, r.take)
 	}
@@ -466,6 +476,11 @@ func (w *worker[In, Out]) work(from int) bool {
 		if w.fastable() {
 			w.called, w.failed, w.lost = false, nil, false
 			w.catch.Try(w.quick)
+			if !w.called && w.catch.Recovered() != nil {
+				// Not the call's panic but one of what follows it (a source's ack, the
+				// dead-letter sink): as outside the loop, it is not taken for a failed attempt.
+				w.catch.Repanic()
+			}
 			if w.lost {
 				return false // abandoned during a call: the abandoner owns the item
 			}
@@ -529,7 +544,7 @@ func (w *worker[In, Out]) quick() {
 	ackFilter := r.s.kind == KindFilter && w.claim != 0
 	for ; w.i < w.k; w.i++ {
 		e := &w.buf[w.i]
-		if (ackFilter && e.M.Tracker != nil) || (r.next != nil && len(w.out) == cap(w.out)) || r.env.Work.Err() != nil {
+		if (ackFilter && e.M.Tracker != nil) || r.env.Work.Err() != nil {
 			return
 		}
 		w.seq++
@@ -548,7 +563,7 @@ func (w *worker[In, Out]) quick() {
 		}
 		w.info.set(&e.M, 1, maxAttempts)
 		if w.claim == 0 {
-			w.fastRunning = w.begin(w.buf[w.i:w.i+1], 1, 0)
+			w.fastRunning = w.begin(w.buf[w.i:w.i+1], 1, w.quickStart)
 		}
 		w.called = true
 		in := e.V // (an abandoned call must not touch the buffer)
@@ -580,7 +595,14 @@ func (w *worker[In, Out]) quick() {
 			w.emit(out, &e.M)
 		}
 		if w.quickStart != 0 {
-			w.stopTiming(w.quickStart, w.ctx, outcome, nil)
+			if w.claim == 0 {
+				w.stopTiming(w.quickStart, w.ctx, outcome, nil)
+			} else {
+				// Recorded when the claim ends, if it stands (see unclaim): a call that hung
+				// past a drain's grace must leave no trace once it returns.
+				d, changed := w.judge(w.quickStart)
+				w.timing = pendingTiming{d: d, changed: changed, outcome: outcome}
+			}
 			if w.timeAll {
 				w.i++ // the calls got slow: the rest of the batch goes item by item
 				return
@@ -592,8 +614,8 @@ func (w *worker[In, Out]) quick() {
 // claimable says whether the worker may claim its batch (see work): a lean stage that is not
 // traced, is not the last (whose calls deliver: parking a delivered item would misreport it),
 // and has at most one output per item, on a worker that does not time every item (its calls
-// were fast when last timed; a timed item ends the claim before its call) and whose last batch
-// is all passed on and counted.
+// were fast when last timed; the tight loop records the work time of its one timed call in
+// core.SampleEvery when the claim ends) and whose last batch is all passed on and counted.
 func (w *worker[In, Out]) claimable() bool {
 	r := w.r
 	return r.lean && !r.traced && r.next != nil && r.s.kind != KindFlatMap && !w.timeAll && !w.inline &&
@@ -614,6 +636,10 @@ func (w *worker[In, Out]) unclaim() bool {
 	w.whole = false
 	for ; w.credits > 0; w.credits-- {
 		w.r.budget.OnSuccess() // the successes of the claimed items, now that they stand
+	}
+	if t := w.timing; t.d >= 0 {
+		w.timing.d = -1
+		w.recordTiming(w.ctx, t.d, t.changed, t.outcome, nil) // the timed call of the claim, now that it stands
 	}
 	return true
 }
@@ -950,15 +976,29 @@ func (w *worker[In, Out]) startTiming() (int64, bool) {
 }
 
 func (w *worker[In, Out]) stopTiming(start int64, ctx context.Context, outcome string, err error) {
-	d := time.Duration(w.r.env.Clock.Now() - start)
+	d, changed := w.judge(start)
+	w.recordTiming(ctx, d, changed, outcome, err)
+}
+
+// judge returns the work time of a call timed from start, and decides from it, for the worker
+// alone, whether the stage's calls are fast; changed says that the verdict changed.
+func (w *worker[In, Out]) judge(start int64) (d time.Duration, changed bool) {
+	d = time.Duration(w.r.env.Clock.Now() - start)
+	fast := d < slowCall
+	changed, w.fast = fast != w.fast, fast
+	w.timeAll = w.r.s.cfg.timeout > 0 || w.r.s.cfg.autoscale != nil || !w.fast
+	return d, changed
+}
+
+// recordTiming makes a work time visible: the worker's histogram and counters, the metric, and
+// (if the verdict changed) how the stage's queue stamps its items.
+func (w *worker[In, Out]) recordTiming(ctx context.Context, d time.Duration, changed bool, outcome string, err error) {
 	w.workH.Record(d)
 	inc(&w.c.workNs, int64(d))
 	inc(&w.c.timed, 1)
-	if fast := d < slowCall; fast != w.fast {
-		w.fast = fast
-		w.r.in.SampleStamps(fast) // a fast stage's queue stamps one item in core.SampleEvery
+	if changed {
+		w.r.in.SampleStamps(w.fast) // a fast stage's queue stamps one item in core.SampleEvery
 	}
-	w.timeAll = w.r.s.cfg.timeout > 0 || w.r.s.cfg.autoscale != nil || !w.fast
 	w.r.tel.RecordWork(ctx, d, outcome, retry.ErrorType(err))
 }
 
@@ -984,7 +1024,8 @@ func (w *worker[In, Out]) handle(i int, done *error) bool {
 		start, timed = w.startTiming()
 	}
 	if timed && !w.unclaim() {
-		// A timed item's work time is recorded where others see it: its call is not claimed.
+		// Here (not the tight loop) a timed item's work time is recorded at once, where others
+		// see it: its call is not claimed.
 		return false // abandoned: the abandoner parked the item
 	}
 	var wait time.Duration
