@@ -69,10 +69,7 @@ func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 		require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: 100, M: core.Meta{Seq: 100, Weight: 1}}}))
 		synctest.Wait()
 		require.EqualValues(t, 1, next.Pushed())
-		batch := make([]core.Envelope[int], 10)
-		for i := range batch {
-			batch[i] = core.Envelope[int]{V: i + 1, M: core.Meta{Seq: uint64(i + 1), Weight: 1}}
-		}
+		batch := oneToTen()
 		require.True(t, r.Input().Push(nil, batch)) // the worker takes all ten at once, and claims them
 		<-entered
 		cancel()
@@ -116,10 +113,7 @@ func TestAbandonedCallOfTheLastStage(t *testing.T) {
 		r.Start()
 		require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: 100, M: core.Meta{Seq: 100, Weight: 1}}}))
 		synctest.Wait()
-		batch := make([]core.Envelope[int], 10)
-		for i := range batch {
-			batch[i] = core.Envelope[int]{V: i + 1, M: core.Meta{Seq: uint64(i + 1), Weight: 1}}
-		}
+		batch := oneToTen()
 		require.True(t, r.Input().Push(nil, batch))
 		<-entered
 		cancel()
@@ -159,10 +153,7 @@ func TestAbandonedTimedCallOfAClaimLeavesNoTrace(t *testing.T) {
 		r := Map("m", fn, Workers(1), Capacity(16), Grace(10*time.Millisecond)).Bind(env, next)
 		r.AddProducers(1)
 		r.Start()
-		batch := make([]core.Envelope[int], 10)
-		for i := range batch {
-			batch[i] = core.Envelope[int]{V: i + 1, M: core.Meta{Seq: uint64(i + 1), Weight: 1}}
-		}
+		batch := oneToTen()
 		require.True(t, r.Input().Push(nil, batch))
 		<-entered
 		cancel()
@@ -204,4 +195,13 @@ func TestPanicAfterTheCallIsNotTheCalls(t *testing.T) {
 	require.Error(t, err, "the panic ends the child: %s", out)
 	assert.Contains(t, string(out), "ack failed")
 	assert.Equal(t, 1, strings.Count(string(out), "call "), "one call, not retried: %s", out)
+}
+
+// oneToTen returns items 1 to 10, each its own correlation sequence number.
+func oneToTen() []core.Envelope[int] {
+	batch := make([]core.Envelope[int], 10)
+	for i := range batch {
+		batch[i] = core.Envelope[int]{V: i + 1, M: core.Meta{Seq: uint64(i + 1), Weight: 1}}
+	}
+	return batch
 }

@@ -24,14 +24,14 @@
 // When the pipeline drains, calls are cancelled, never retried, and their items parked.
 //
 // A worker of a fast map, filter or sink with no timeout, rate limit, circuit breaker, spans,
-// autoscaler or retry time budget (Policy.MaxElapsedTime) runs the first attempts of the items it took (up to 32) in one tight loop, with one recover for
-// the batch; an item whose first attempt fails or panics goes on through the full attempt loop,
-// and the loop resumes after it. Such a worker of a map or filter that is not the last stage
-// also claims the batch and passes its outputs on when the batch is done;
-// if one of its calls ignores a drain's cancellation past the grace period while it holds that
-// claim, the items of the claim are all parked, including those whose calls had finished (at
-// least once: a replay runs them again). The last stage never claims: there a hung call parks
-// its own item only.
+// autoscaler or retry time budget (Policy.MaxElapsedTime) runs the first attempts of the items
+// it took (up to 32) in one tight loop, with one recover for the batch; an item whose first
+// attempt fails or panics goes on through the full attempt loop, and the loop resumes after it.
+// Such a worker of a map or filter that is not the last stage also claims the batch and passes
+// its outputs on when the batch is done; if one of its calls ignores a drain's cancellation past
+// the grace period while it holds that claim, the items of the claim are all parked, including
+// those whose calls had finished (at least once: a replay runs them again). The last stage never
+// claims: there a hung call parks its own item only.
 //
 // Stages are definitions: they hold no running state, so one stage value may serve several
 // pipelines and runs. Package pipeline chains them and runs them.
