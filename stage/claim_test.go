@@ -51,16 +51,8 @@ func drainEnv(t *testing.T) (env *core.Env, cancel context.CancelFunc, parked fu
 func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		env, cancel, parked := drainEnv(t)
-		entered := make(chan struct{})
-		var called []int
-		fn := func(_ context.Context, n int) (int, error) {
-			called = append(called, n)
-			if n == 5 {
-				close(entered)
-				time.Sleep(time.Hour) // ignores its context
-			}
-			return n, nil
-		}
+		h := newHung(5)
+		fn := func(_ context.Context, n int) (int, error) { h.call(n); return n, nil }
 		next := core.NewQueue[int](64, 1, env.Clock) // a stage after it: the last one does not claim
 		r := Map("m", fn, Workers(1), Capacity(16), Grace(10*time.Millisecond)).Bind(env, next)
 		r.AddProducers(1)
@@ -69,14 +61,8 @@ func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 		require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: 100, M: core.Meta{Seq: 100, Weight: 1}}}))
 		synctest.Wait()
 		require.EqualValues(t, 1, next.Pushed())
-		batch := oneToTen()
-		require.True(t, r.Input().Push(nil, batch)) // the worker takes all ten at once, and claims them
-		<-entered
-		cancel()
-		r.ProducerDone()
-		<-r.Done()
-		st := r.Stats()
-		assert.Equal(t, []int{100, 1, 2, 3, 4, 5}, called)
+		st := drainWhileHung(t, r, h, cancel) // the worker takes all ten at once, and claims them
+		assert.Equal(t, []int{100, 1, 2, 3, 4, 5}, h.called)
 		assert.ElementsMatch(t, []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, parked(), "the whole batch is parked")
 		assert.EqualValues(t, 1, st.Abandoned)
 		assert.EqualValues(t, 11, st.In)
@@ -85,9 +71,6 @@ func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 		assert.EqualValues(t, 1, st.Out)
 		assert.EqualValues(t, 1, st.Attempts, "the calls of parked items are not counted")
 		assert.EqualValues(t, 1, next.Pushed(), "nothing of the batch went on")
-		time.Sleep(2 * time.Hour) // the abandoned call ends, and the worker touches nothing
-		synctest.Wait()
-		assert.Equal(t, st, r.Stats(), "the stats of a finished run do not change")
 	})
 }
 
@@ -98,29 +81,15 @@ func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 func TestAbandonedCallOfTheLastStage(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		env, cancel, parked := drainEnv(t)
-		entered := make(chan struct{})
-		var called []int
-		fn := func(_ context.Context, n int) error {
-			called = append(called, n)
-			if n == 5 {
-				close(entered)
-				time.Sleep(time.Hour) // ignores its context
-			}
-			return nil
-		}
+		h := newHung(5)
+		fn := func(_ context.Context, n int) error { h.call(n); return nil }
 		r := Sink("s", fn, Workers(1), Capacity(16), Grace(10*time.Millisecond)).Bind(env, nil)
 		r.AddProducers(1)
 		r.Start()
 		require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: 100, M: core.Meta{Seq: 100, Weight: 1}}}))
 		synctest.Wait()
-		batch := oneToTen()
-		require.True(t, r.Input().Push(nil, batch))
-		<-entered
-		cancel()
-		r.ProducerDone()
-		<-r.Done()
-		st := r.Stats()
-		assert.Equal(t, []int{100, 1, 2, 3, 4, 5}, called)
+		st := drainWhileHung(t, r, h, cancel)
+		assert.Equal(t, []int{100, 1, 2, 3, 4, 5}, h.called)
 		assert.ElementsMatch(t, []int{5, 6, 7, 8, 9, 10}, parked(), "the hung item and those after it")
 		assert.EqualValues(t, 1, st.Abandoned)
 		assert.EqualValues(t, 11, st.In)
@@ -129,9 +98,6 @@ func TestAbandonedCallOfTheLastStage(t *testing.T) {
 		assert.EqualValues(t, 5, st.Attempts, "the abandoned call is not counted")
 		delivered, _ := r.Units()
 		assert.EqualValues(t, 5, delivered)
-		time.Sleep(2 * time.Hour) // the abandoned call ends, and the worker touches nothing
-		synctest.Wait()
-		assert.Equal(t, st, r.Stats(), "the stats of a finished run do not change")
 	})
 }
 
@@ -141,30 +107,15 @@ func TestAbandonedCallOfTheLastStage(t *testing.T) {
 func TestAbandonedTimedCallOfAClaimLeavesNoTrace(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		env, cancel, parked := drainEnv(t)
-		entered := make(chan struct{})
-		fn := func(_ context.Context, n int) (int, error) {
-			if n == 1 {
-				close(entered)
-				time.Sleep(time.Hour) // ignores its context
-			}
-			return n, nil
-		}
+		h := newHung(1)
+		fn := func(_ context.Context, n int) (int, error) { h.call(n); return n, nil }
 		next := core.NewQueue[int](64, 1, env.Clock)
 		r := Map("m", fn, Workers(1), Capacity(16), Grace(10*time.Millisecond)).Bind(env, next)
 		r.AddProducers(1)
 		r.Start()
-		batch := oneToTen()
-		require.True(t, r.Input().Push(nil, batch))
-		<-entered
-		cancel()
-		r.ProducerDone()
-		<-r.Done()
-		st := r.Stats()
+		st := drainWhileHung(t, r, h, cancel)
 		assert.ElementsMatch(t, []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, parked())
 		assert.Zero(t, st.Work.Count)
-		time.Sleep(2 * time.Hour) // the abandoned call ends
-		synctest.Wait()
-		assert.Equal(t, st, r.Stats(), "the stats of a finished run do not change")
 	})
 }
 
@@ -197,11 +148,42 @@ func TestPanicAfterTheCallIsNotTheCalls(t *testing.T) {
 	assert.Equal(t, 1, strings.Count(string(out), "call "), "one call, not retried: %s", out)
 }
 
-// oneToTen returns items 1 to 10, each its own correlation sequence number.
-func oneToTen() []core.Envelope[int] {
+// hung is a call that records the items it is called on and, on item n, ignores its context
+// for an hour; entered is closed when that call starts.
+type hung struct {
+	n       int
+	called  []int
+	entered chan struct{}
+}
+
+func newHung(n int) *hung { return &hung{n: n, entered: make(chan struct{})} }
+
+func (h *hung) call(n int) {
+	h.called = append(h.called, n)
+	if n == h.n {
+		close(h.entered)
+		time.Sleep(time.Hour) // ignores its context
+	}
+}
+
+// drainWhileHung pushes items 1 to 10 into r's input and, once h's call hangs, cancels the run's
+// work (a drain past its deadline) and closes the input. It returns r's stats once every worker
+// is done, having checked that they do not change when the abandoned call ends an hour later:
+// the worker touches nothing once abandoned.
+func drainWhileHung[Out any](t *testing.T, r *Runner[int, Out], h *hung, cancel context.CancelFunc) Stats {
+	t.Helper()
 	batch := make([]core.Envelope[int], 10)
 	for i := range batch {
 		batch[i] = core.Envelope[int]{V: i + 1, M: core.Meta{Seq: uint64(i + 1), Weight: 1}}
 	}
-	return batch
+	require.True(t, r.Input().Push(nil, batch))
+	<-h.entered
+	cancel()
+	r.ProducerDone()
+	<-r.Done()
+	st := r.Stats()
+	time.Sleep(2 * time.Hour)
+	synctest.Wait()
+	require.Equal(t, st, r.Stats(), "the stats of a finished run do not change")
+	return st
 }

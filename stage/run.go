@@ -343,20 +343,20 @@ type worker[In, Out any] struct {
 	failed       error
 	fastRunning  uint64
 	quickStart   int64 // when the call of buf[i] started, if it is timed (one in core.SampleEvery)
-	// timing is the work time of a claimed call, recorded when the claim ends (d < 0: none; a
-	// claim holds at most 32 items, so at most one of its calls in core.SampleEvery is timed).
+	// timing is the work time of a claimed call, recorded when the claim ends (a claim holds at
+	// most 32 items, so at most one of its calls in core.SampleEvery is timed).
 	timing pendingTiming
 }
 
 type pendingTiming struct {
+	set     bool
 	d       time.Duration
 	changed bool
 	outcome string
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
-	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: core.SampleEvery - 1, catch: new(panics.Catcher),
-		timing: pendingTiming{d: -1}}
+	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: core.SampleEvery - 1, catch: new(panics.Catcher)}
 	if r.next != nil && r.s.kind != KindBatch {
 		w.out = make([]core.Envelope[Out], 0, r.take)
 	}
@@ -524,11 +524,11 @@ func (w *worker[In, Out]) work(from int) bool {
 }
 
 // fastable says whether the worker's next items may run on the tight loop (see quick): a lean,
-// untraced map, filter or sink whose calls were fast when last timed, outside a drain.
+// untraced map, filter or sink whose calls were fast when last timed. (During a drain the loop
+// stops before each call, and handle parks the item.)
 func (w *worker[In, Out]) fastable() bool {
 	r := w.r
-	return r.lean && !r.traced && r.s.one != nil && r.s.kind != KindBatch && !w.timeAll && !w.inline &&
-		r.env.Work.Err() == nil
+	return r.lean && !r.traced && r.s.one != nil && r.s.kind != KindBatch && !w.timeAll && !w.inline
 }
 
 // quick runs the first attempts of buf[w.i:w.k] in one loop, under w.catch.Try (one deferred
@@ -601,7 +601,7 @@ func (w *worker[In, Out]) quick() {
 				// Recorded when the claim ends, if it stands (see unclaim): a call that hung
 				// past a drain's grace must leave no trace once it returns.
 				d, changed := w.judge(w.quickStart)
-				w.timing = pendingTiming{d: d, changed: changed, outcome: outcome}
+				w.timing = pendingTiming{set: true, d: d, changed: changed, outcome: outcome}
 			}
 			if w.timeAll {
 				w.i++ // the calls got slow: the rest of the batch goes item by item
@@ -637,8 +637,8 @@ func (w *worker[In, Out]) unclaim() bool {
 	for ; w.credits > 0; w.credits-- {
 		w.r.budget.OnSuccess() // the successes of the claimed items, now that they stand
 	}
-	if t := w.timing; t.d >= 0 {
-		w.timing.d = -1
+	if t := w.timing; t.set {
+		w.timing = pendingTiming{}
 		w.recordTiming(w.ctx, t.d, t.changed, t.outcome, nil) // the timed call of the claim, now that it stands
 	}
 	return true
@@ -1019,9 +1019,12 @@ func (w *worker[In, Out]) handle(i int, done *error) bool {
 		r.park(*e, 0, time.Time{}, nil)
 		return true
 	}
-	start, timed := w.quickStart, w.quickStart != 0 // (a first attempt made in the tight loop)
+	var start int64
+	var timed bool
 	if done == nil {
 		start, timed = w.startTiming()
+	} else {
+		start, timed = w.quickStart, w.quickStart != 0 // the loop timed the first attempt, or not
 	}
 	if timed && !w.unclaim() {
 		// Here (not the tight loop) a timed item's work time is recorded at once, where others
