@@ -36,6 +36,7 @@ func BenchmarkHandOff(b *testing.B) {
 	const workers, capacity = 4, 64
 	inc := func(_ context.Context, x int) (int, error) { return x + 1, nil }
 	b.Run("hand", func(b *testing.B) {
+		b.ReportAllocs()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
 		b.ResetTimer()
@@ -81,6 +82,7 @@ func BenchmarkHandOff(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		b.ReportAllocs()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
 		b.ResetTimer()
