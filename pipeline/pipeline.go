@@ -415,7 +415,9 @@ func (p *Pipeline[In]) Start(ctx context.Context, src Source[In]) (*Job, error) 
 	first.AddProducers(1)
 	r.start(func(srcCtx context.Context) error {
 		defer first.ProducerDone()
-		admit := func(it Item[In]) error { return r.admit(srcCtx, first, it) }
+		in := ingress[In]{q: first, ctx: srcCtx, done: srcCtx.Done()}
+		in.policy, in.callerRuns = r.p.opts.overflow.Queue()
+		admit := func(it Item[In]) error { return r.admit(&in, it) }
 		var err error
 		var c panics.Catcher
 		c.Try(func() { err = src.Emit(srcCtx, admit) })
@@ -543,8 +545,18 @@ func (r *run[In]) metricSnapshot() []tracing.StageSnapshot {
 	return out
 }
 
+// ingress is what a run's admit needs, worked out once per run rather than per item.
+type ingress[In any] struct {
+	q          *core.Queue[In]
+	ctx        context.Context // the source's: it ends when the run starts draining
+	done       <-chan struct{} // ctx.Done()
+	policy     core.Overflow
+	callerRuns bool
+}
+
 // admit is the Admit of a run's source.
-func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) error {
+func (r *run[In]) admit(in *ingress[In], it Item[In]) error {
+	srcCtx, q := in.ctx, in.q
 	if err := srcCtx.Err(); err != nil {
 		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
 	}
@@ -562,15 +574,14 @@ func (r *run[In]) admit(srcCtx context.Context, q *core.Queue[In], it Item[In]) 
 	e.M.X = core.NewExtra(it.Source, it.Headers, span)
 	e.M.Tracker = core.NewRoot(it.Ack)
 	t.Admitted.Add(1)
-	policy, callerRuns := r.p.opts.overflow.Queue()
-	switch q.Offer(e, policy, srcCtx.Done(), itemDone) {
+	switch q.Offer(e, in.policy, in.done, itemDone) {
 	case core.Admitted, core.Evicted:
 		return nil
 	case core.Closed:
 		t.Admitted.Add(-1)
 		return fmt.Errorf("%w: the source handed over an item after its Emit returned", ErrClosed)
 	case core.Full:
-		if callerRuns {
+		if in.callerRuns {
 			q.Inline(e)
 			return nil
 		}

@@ -165,9 +165,13 @@ func (q *Queue[T]) put(items []Envelope[T]) (k int, hurry bool) {
 			items[i].M.Enqueued = now
 		}
 	}
-	// One bulk copy (two when the ring wraps) rather than an assignment per item.
-	c := copy(q.ring[tail:], items[:k])
-	copy(q.ring, items[c:k])
+	if k == 1 {
+		q.ring[tail] = items[0] // cheaper than a copy call for one item (an Offer)
+	} else {
+		// One bulk copy (two when the ring wraps) rather than an assignment per item.
+		c := copy(q.ring[tail:], items[:k])
+		copy(q.ring, items[c:k])
+	}
 	q.n += k
 	q.free -= k
 	q.pushed = pushed + int64(k)
@@ -314,6 +318,17 @@ const (
 // load it never yields: there the consumer is better off taking a batch.
 func (q *Queue[T]) Offer(e Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}) OfferResult {
 	one := [1]Envelope[T]{e}
+	q.mu.Lock()
+	if q.free > 0 && !q.closed {
+		// The common case, without insert's loop and wait.
+		_, hurry := q.put(one[:])
+		q.mu.Unlock()
+		if hurry {
+			runtime.Gosched()
+		}
+		return Admitted
+	}
+	q.mu.Unlock()
 	n, evicted, stopped, hurry := q.insert(one[:], policy, stop1, stop2)
 	q.evict(evicted)
 	switch {
