@@ -478,11 +478,17 @@ func TestHungCallIsAbandoned(t *testing.T) {
 	})
 }
 
-// failSink is a dlq.Sink whose writes fail.
-type failSink struct{ writes atomic.Int32 }
+// failSink is a dlq.Sink whose writes fail, or panic.
+type failSink struct {
+	writes atomic.Int32
+	panics bool
+}
 
 func (f *failSink) Write(context.Context, dlq.Record) error {
 	f.writes.Add(1)
+	if f.panics {
+		panic("sink bug")
+	}
 	return errors.New("disk on fire")
 }
 func (f *failSink) Close() error { return nil }
@@ -508,6 +514,38 @@ func TestDeadLetterSinkFailureStopsTheRun(t *testing.T) {
 		assert.EqualValues(t, 3, sink.writes.Load(), "the write is retried per the DLQ policy")
 		assert.EqualValues(t, 0, report.DeadLettered, "nothing counts as dead-lettered unless durable")
 		assert.GreaterOrEqual(t, report.Stranded, int64(1))
+		requireBalanced(t, report)
+	})
+}
+
+// A dead-letter sink that panics fails its write, as one that returns an error does: the write
+// is retried, then goes to the fallback, or else the run stops; the process goes on.
+func TestDeadLetterSinkPanicIsAFailedWrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fn := func(_ context.Context, s string) (string, error) { return "", retry.Permanent(errors.New("no")) }
+		run := func(opts ...pipeline.Option) (pipeline.Report, *failSink, error) {
+			sink := &failSink{panics: true}
+			p, err := pipeline.New("panicky", pipeline.Then(pipeline.Input[string](), stage.Map("m", fn, stage.Workers(1))),
+				append([]pipeline.Option{pipeline.WithDLQ(sink)}, opts...)...)
+			require.NoError(t, err)
+			report, err := p.Run(context.Background(), pipeline.FromSlice([]string{"x"}).KeyBy(func(s string) string { return "key-" + s }))
+			return report, sink, err
+		}
+
+		report, sink, err := run()
+		var dle *pipeline.DeadLetterError
+		require.ErrorAs(t, err, &dle)
+		assert.Equal(t, "key-x", dle.CorrelationID)
+		assert.ErrorContains(t, err, "panicked: sink bug")
+		assert.EqualValues(t, 3, sink.writes.Load(), "retried per the DLQ policy")
+		assert.EqualValues(t, 0, report.DeadLettered)
+		requireBalanced(t, report)
+
+		fallback := dlq.NewMemory()
+		report, _, err = run(pipeline.WithFallback(fallback))
+		require.NoError(t, err)
+		assert.Equal(t, 1, fallback.Len())
+		assert.EqualValues(t, 1, report.DeadLettered)
 		requireBalanced(t, report)
 	})
 }
@@ -884,6 +922,50 @@ func TestDrainReturnsItemsToAnAcknowledgingSource(t *testing.T) {
 			2: {pipeline.NotDone}, 3: {pipeline.NotDone}, 4: {pipeline.NotDone}, 5: {pipeline.NotDone},
 		}, acks)
 		assert.EqualValues(t, 4, report.Returned)
+		requireBalanced(t, report)
+	})
+}
+
+// panickyAckSource emits 0, 1 and 2, each with an acknowledgement that records its outcome,
+// but the one of item 1 panics; then it waits until the run stops it.
+type panickyAckSource struct {
+	mu   sync.Mutex
+	acks map[int]pipeline.Outcome
+}
+
+func (s *panickyAckSource) Emit(ctx context.Context, admit pipeline.Admit[int]) error {
+	for i := range 3 {
+		err := admit(pipeline.Item[int]{Value: i, Ack: func(o pipeline.Outcome) {
+			if i == 1 {
+				panic("ack lost its broker")
+			}
+			s.mu.Lock()
+			s.acks[i] = o
+			s.mu.Unlock()
+		}})
+		if err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// A panic in a source's acknowledgement does not take the process down: as when the source's
+// Emit fails, the source is stopped and the run fails with the panic once the items in flight
+// are done; the other items are delivered and acknowledged.
+func TestAckPanicFailsTheSourceNotTheProcess(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &panickyAckSource{acks: map[int]pipeline.Outcome{}}
+		id := func(_ context.Context, n int) (int, error) { return n, nil }
+		p, err := pipeline.New("acks", pipeline.Then(pipeline.Input[int](), stage.Map("m", id, stage.Workers(2))))
+		require.NoError(t, err)
+		report, err := p.Run(context.Background(), src)
+		require.Error(t, err)
+		assert.ErrorContains(t, err, "source failed")
+		assert.ErrorContains(t, err, "Ack panicked (outcome delivered): ack lost its broker")
+		assert.Equal(t, map[int]pipeline.Outcome{0: pipeline.Delivered, 2: pipeline.Delivered}, src.acks)
+		assert.EqualValues(t, 3, report.Delivered)
 		requireBalanced(t, report)
 	})
 }

@@ -98,7 +98,8 @@ type options struct {
 type Option func(*options)
 
 // WithDLQ sets the dead-letter sink. Without one, dead letters are kept in memory, where
-// DeadLetters finds them: fine for tests, not durable.
+// DeadLetters finds them: fine for tests, not durable. A write that panics has failed (it is
+// retried per WithDLQRetry, then goes to the fallback sink).
 func WithDLQ(sink dlq.Sink) Option {
 	return func(o *options) {
 		if sink == nil {
@@ -442,10 +443,17 @@ type run[In any] struct {
 	failOnce sync.Once
 	failed   atomic.Bool
 	failErr  error
+
+	// ackPanic is the first panic of a source's acknowledgement (see ackPanicked); onAckPanic is
+	// ackPanicked as a func value, made once for every tracker of the run.
+	ackPanic   atomic.Pointer[error]
+	onAckPanic func(error)
+	cancelSrc  context.CancelCauseFunc
 }
 
 func (p *Pipeline[In]) newRun(ctx context.Context) *run[In] {
 	r := &run[In]{p: p, ctx: ctx}
+	r.onAckPanic = r.ackPanicked
 	r.work, r.cancelWork = context.WithCancelCause(context.WithoutCancel(ctx))
 	var prefix [4]byte
 	_, _ = rand.Read(prefix[:])
@@ -478,6 +486,7 @@ func (r *run[In]) start(feed func(ctx context.Context) error) {
 		r.nodes[i].Start()
 	}
 	srcCtx, cancelSrc := context.WithCancelCause(r.ctx)
+	r.cancelSrc = cancelSrc
 	stopSrc := context.AfterFunc(r.work, func() { cancelSrc(context.Cause(r.work)) })
 
 	var drainMu sync.Mutex
@@ -519,7 +528,10 @@ func (r *run[In]) start(feed func(ctx context.Context) error) {
 		switch {
 		case r.failed.Load():
 			j.err = r.failErr
-		case feedErr != nil:
+		case feedErr != nil || r.ackPanic.Load() != nil:
+			if p := r.ackPanic.Load(); p != nil {
+				feedErr = errors.Join(feedErr, *p)
+			}
 			j.err = fmt.Errorf("pipeline %q: source failed: %w", r.p.name, feedErr)
 		}
 		close(j.done)
@@ -572,7 +584,7 @@ func (r *run[In]) admit(in *ingress[In], it Item[In]) error {
 		itemDone = it.Context.Done()
 	}
 	e.M.X = core.NewExtra(it.Source, it.Headers, span)
-	e.M.Tracker = core.NewRoot(it.Ack)
+	e.M.Tracker = core.NewRoot(it.Ack, r.onAckPanic)
 	t.Admitted.Add(1)
 	switch q.Offer(e, in.policy, in.done, itemDone) {
 	case core.Admitted, core.Evicted:
@@ -594,6 +606,16 @@ func (r *run[In]) admit(in *ingress[In], it Item[In]) error {
 		return fmt.Errorf("%w: %w", ErrDraining, context.Cause(srcCtx))
 	}
 	return it.Context.Err()
+}
+
+// ackPanicked is called when a source's acknowledgement panicked (see core.NewRoot). As when a
+// source's Emit fails, the first such panic stops the source, and the run fails with it once the
+// items in flight are done; each one is logged.
+func (r *run[In]) ackPanicked(err error) {
+	r.p.opts.logger.Error("sluice: a source's acknowledgement panicked", slog.String("pipeline", r.p.name), slog.String("error", err.Error()))
+	if r.ackPanic.CompareAndSwap(nil, &err) {
+		r.cancelSrc(err)
+	}
 }
 
 func (r *run[In]) fail(err error) {
@@ -630,7 +652,7 @@ func (r *run[In]) writeDeadLetter(rec dlq.Record) error {
 func writeWithRetry(ctx context.Context, sink dlq.Sink, rec dlq.Record, p retry.Policy) error {
 	sched := p.Start()
 	for {
-		err := sink.Write(ctx, rec)
+		err := write(ctx, sink, rec)
 		if err == nil {
 			return nil
 		}
@@ -644,6 +666,17 @@ func writeWithRetry(ctx context.Context, sink dlq.Sink, rec dlq.Record, p retry.
 		t := time.NewTimer(d)
 		<-t.C
 	}
+}
+
+// write is one write of rec to sink. A panic in the sink is a failed write (retried, then
+// passed on to the fallback), not a crash.
+func write(ctx context.Context, sink dlq.Sink, rec dlq.Record) (err error) {
+	var c panics.Catcher
+	c.Try(func() { err = sink.Write(ctx, rec) })
+	if p := c.Recovered(); p != nil {
+		err = fmt.Errorf("dead-letter sink %T panicked: %v\n%s", sink, p.Value, p.Stack)
+	}
+	return err
 }
 
 // DeadLetters returns the dead letters kept in memory by a pipeline built without WithDLQ (or

@@ -149,7 +149,7 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 			}
 			meta := core.Meta{
 				Key: rec.CorrelationID, Weight: 1, Replays: int32(rec.Replays + 1),
-				Tracker: core.NewRoot(ack), X: core.NewExtra(rec.Source, rec.Headers, trace.SpanContext{}),
+				Tracker: core.NewRoot(ack, r.onAckPanic), X: core.NewExtra(rec.Source, rec.Headers, trace.SpanContext{}),
 			}
 			if sc, ok := spanContextOf(rec); ok {
 				// The replayed item starts a new trace that links to its failure.

@@ -42,7 +42,8 @@ type Item[T any] struct {
 	Headers map[string]string
 	// Ack, if set, is called exactly once when the item and everything derived from it reached
 	// a terminal state, and never before that state is durable. It is called from a worker:
-	// keep it short.
+	// keep it short. A panic in Ack is recovered: as when Emit fails, the source is stopped and
+	// the run fails with the panic once the items in flight are done.
 	Ack func(Outcome)
 	// Context is the context the item was submitted with: its span becomes the parent of the
 	// item's spans, and when it ends before the item is admitted, admission gives up.
@@ -58,7 +59,7 @@ type Admit[T any] func(Item[T]) error
 
 // Source feeds a pipeline. Emit calls admit for each item, in order, and returns when it has no
 // more (nil), when admit returns ErrDraining (nil), or with an error of its own, which fails
-// the run after a drain. ctx ends when the run starts draining.
+// the run after a drain. ctx ends when the run starts draining, or when an item's Ack panicked.
 type Source[T any] interface {
 	Emit(ctx context.Context, admit Admit[T]) error
 }

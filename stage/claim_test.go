@@ -16,8 +16,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
 	"github.com/sluicehq/sluice/dlq"
 	"github.com/sluicehq/sluice/internal/core"
+	"github.com/sluicehq/sluice/tracing"
 )
 
 // drainEnv is an environment whose work context cancel ends (a drain past its deadline), and
@@ -119,12 +123,16 @@ func TestAbandonedTimedCallOfAClaimLeavesNoTrace(t *testing.T) {
 	})
 }
 
-// A panic in what follows a successful call on the tight loop (here the source's
-// acknowledgement) is not taken for a panic of the call: the item is not handled again. As
-// outside the loop, it propagates (run in a child process, which it ends).
+// A panic in what follows a successful call on the tight loop (here the meter recording the
+// call's time: an acknowledgement's or a dead-letter sink's panic is recovered where it happens)
+// is not taken for a panic of the call: the item is not handled again. As outside the loop, it
+// propagates (run in a child process, which it ends).
 func TestPanicAfterTheCallIsNotTheCalls(t *testing.T) {
-	if os.Getenv("SLUICE_ACK_PANIC") == "1" {
+	if os.Getenv("SLUICE_METER_PANIC") == "1" {
 		env := benchEnv()
+		tel, err := tracing.New(tracing.Config{MeterProvider: panickyMeterProvider{}})
+		require.NoError(t, err)
+		env.Tel = tel
 		calls := 0
 		fn := func(_ context.Context, n int) error {
 			calls++
@@ -134,18 +142,37 @@ func TestPanicAfterTheCallIsNotTheCalls(t *testing.T) {
 		r := Sink("s", fn, Workers(1), Capacity(4)).Bind(env, nil)
 		r.AddProducers(1)
 		r.Start()
-		tr := core.NewRoot(func(core.Outcome) { panic("ack failed") })
-		r.Input().Push(nil, []core.Envelope[int]{{V: 7, M: core.Meta{Seq: 1, Weight: 1, Tracker: tr}}})
+		r.Input().Push(nil, []core.Envelope[int]{{V: 7, M: core.Meta{Seq: 1, Weight: 1}}})
 		r.ProducerDone()
 		<-r.Done()
 		return
 	}
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestPanicAfterTheCallIsNotTheCalls$")
-	cmd.Env = append(os.Environ(), "SLUICE_ACK_PANIC=1")
+	cmd.Env = append(os.Environ(), "SLUICE_METER_PANIC=1")
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err, "the panic ends the child: %s", out)
-	assert.Contains(t, string(out), "ack failed")
+	assert.Contains(t, string(out), "meter failed")
 	assert.Equal(t, 1, strings.Count(string(out), "call "), "one call, not retried: %s", out)
+}
+
+// panickyMeterProvider's histogram of item durations (a worker's work times) panics.
+type panickyMeterProvider struct{ noop.MeterProvider }
+
+func (panickyMeterProvider) Meter(string, ...metric.MeterOption) metric.Meter { return panickyMeter{} }
+
+type panickyMeter struct{ noop.Meter }
+
+func (panickyMeter) Float64Histogram(name string, _ ...metric.Float64HistogramOption) (metric.Float64Histogram, error) {
+	if name == tracing.MetricItemDuration {
+		return panickyHistogram{}, nil
+	}
+	return noop.Float64Histogram{}, nil
+}
+
+type panickyHistogram struct{ noop.Float64Histogram }
+
+func (panickyHistogram) Record(context.Context, float64, ...metric.RecordOption) {
+	panic("meter failed")
 }
 
 // hung is a call that records the items it is called on and, on item n, ignores its context

@@ -5,6 +5,7 @@ package core
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/dlq"
 	"github.com/sluicehq/sluice/tracing"
+	"github.com/sourcegraph/conc/panics"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -51,14 +53,19 @@ type Tracker struct {
 	parent  *Tracker
 	members []*Tracker
 	ack     func(Outcome)
+	// panicked receives a panic of ack, recovered (as an error with its stack).
+	panicked func(error)
 }
 
 // NewRoot returns a tracker for one source item that calls ack exactly once. A nil ack gives nil.
-func NewRoot(ack func(Outcome)) *Tracker {
+// A panic in ack does not propagate: it is recovered and handed to panicked as an error, with
+// the outcome, the panic's value and its stack. (The item's terminal state is durable by then:
+// only the acknowledgement is lost, as when a broker's ack fails.)
+func NewRoot(ack func(Outcome), panicked func(error)) *Tracker {
 	if ack == nil {
 		return nil
 	}
-	t := &Tracker{ack: ack}
+	t := &Tracker{ack: ack, panicked: panicked}
 	t.pending.Store(1)
 	return t
 }
@@ -116,7 +123,11 @@ func (t *Tracker) Done(o Outcome) {
 		t.parent.Done(final)
 		return
 	}
-	t.ack(final)
+	var c panics.Catcher
+	c.Try(func() { t.ack(final) })
+	if rec := c.Recovered(); rec != nil {
+		t.panicked(fmt.Errorf("an item's Ack panicked (outcome %s): %v\n%s", final, rec.Value, rec.Stack))
+	}
 }
 
 // Meta is the framework's part of an envelope. It is kept small (it is copied at every hop):

@@ -218,7 +218,8 @@ func TestQueueConcurrent(t *testing.T) {
 
 func TestTrackerTree(t *testing.T) {
 	var got []Outcome
-	root := NewRoot(func(o Outcome) { got = append(got, o) })
+	noPanic := func(err error) { t.Errorf("no ack panics here: %v", err) }
+	root := NewRoot(func(o Outcome) { got = append(got, o) }, noPanic)
 	kids := root.Fork(3)
 	kids.Done(Delivered)
 	kids.Done(Filtered)
@@ -227,17 +228,31 @@ func TestTrackerTree(t *testing.T) {
 	assert.Equal(t, []Outcome{DeadLettered}, got, "the most severe outcome wins")
 
 	var a, b []Outcome
-	ra := NewRoot(func(o Outcome) { a = append(a, o) })
-	rb := NewRoot(func(o Outcome) { b = append(b, o) })
+	ra := NewRoot(func(o Outcome) { a = append(a, o) }, noPanic)
+	rb := NewRoot(func(o Outcome) { b = append(b, o) }, noPanic)
 	Group([]*Tracker{ra, nil, rb}).Done(Delivered)
 	assert.Equal(t, []Outcome{Delivered}, a)
 	assert.Equal(t, []Outcome{Delivered}, b)
 	assert.Nil(t, Group([]*Tracker{nil}))
-	assert.Nil(t, NewRoot(nil))
+	assert.Nil(t, NewRoot(nil, noPanic))
 	var nilT *Tracker
 	nilT.Done(Delivered) // nil-safe
 	assert.Nil(t, nilT.Fork(2))
 	assert.Equal(t, "not-done", NotDone.String())
+}
+
+// A panic in an acknowledgement does not propagate: the tracker hands it to its handler, with
+// the outcome, the panic's value and the stack, and is done.
+func TestTrackerAckPanic(t *testing.T) {
+	var got []error
+	root := NewRoot(func(Outcome) { panic("broker gone") }, func(err error) { got = append(got, err) })
+	kids := root.Fork(2)
+	kids.Done(Delivered)
+	require.NotPanics(t, func() { kids.Done(Delivered) })
+	require.Len(t, got, 1)
+	assert.Contains(t, got[0].Error(), "outcome delivered")
+	assert.Contains(t, got[0].Error(), "broker gone")
+	assert.Contains(t, got[0].Error(), "TestTrackerAckPanic", "the stack of the panic")
 }
 
 func TestQueueOverflowPolicies(t *testing.T) {
