@@ -33,6 +33,12 @@
 // those whose calls had finished (at least once: a replay runs them again). The last stage never
 // claims: there a hung call parks its own item only.
 //
+// A worker whose calls are fast, once done with its batch, comes straight back for more: while
+// it passes its outputs on, an item that arrives in its input waits for it rather than wake an
+// idle worker, and when the next stage's input is full it waits with the worker (another worker
+// would only wait for the same room). If passing its outputs on means writing dead letters
+// (overflow) or parking them (a drain), the idle workers are woken as usual.
+//
 // Stages are definitions: they hold no running state, so one stage value may serve several
 // pipelines and runs. Package pipeline chains them and runs them.
 package stage

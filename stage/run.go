@@ -306,6 +306,10 @@ type worker[In, Out any] struct {
 	seq     uint32
 	timeAll bool // time every item: the stage's calls are slow enough (or traced, or guarded)
 	fast    bool // the last timed call was fast: take all that is queued (see Queue.Pop)
+	// returning: the worker said it is on its way back to Pop (see Queue.Returning); heldUp
+	// revokes that when its push downstream is held up (see Queue.PushWith).
+	returning bool
+	heldUp    func()
 
 	// The items taken from the input: buf[:k], of which buf[i] is in hand; the outputs not yet
 	// pushed to the next stage; when they were taken (on the run's clock).
@@ -361,6 +365,12 @@ func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
 		w.out = make([]core.Envelope[Out], 0, r.take)
 	}
 	w.info.stage, w.info.prefix = r.s.name, r.env.Prefix
+	w.heldUp = func() {
+		if w.returning {
+			w.returning = false
+			r.in.Revoke()
+		}
+	}
 	w.ctx = context.WithValue(r.env.Work, infoKey{}, &w.info)
 	if r.s.cfg.timeout > 0 {
 		w.watch = time.AfterFunc(time.Hour, w.watchdog)
@@ -436,6 +446,10 @@ func (w *worker[In, Out]) run() {
 		release = w.k
 	}
 	for {
+		if w.returning {
+			w.returning = false
+			r.in.Returned()
+		}
 		k, ok := r.in.Pop(w.buf, !w.fast, release, nil, w.quit)
 		if !ok || k == 0 {
 			release = 0
@@ -518,6 +532,11 @@ func (w *worker[In, Out]) work(from int) bool {
 		return false
 	}
 	clear(w.buf[:w.k])
+	if w.fast && !w.inline {
+		// Its calls are fast and done: it comes straight back to Pop (see Queue.Returning).
+		w.returning = true
+		w.r.in.Returning()
+	}
 	w.flush()
 	w.publish()
 	return true
@@ -651,7 +670,7 @@ func (w *worker[In, Out]) flush() {
 	}
 	inc(&w.c.out, int64(len(w.out)))
 	w.publish() // before the outputs can reach the end of the run
-	w.r.next.Push(w.r.env.Work.Done(), w.out)
+	w.r.next.PushWith(w.r.env.Work.Done(), w.out, w.heldUp)
 	clear(w.out)
 	w.out = w.out[:0]
 }

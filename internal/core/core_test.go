@@ -311,6 +311,57 @@ func TestQueueWakesAWaitingProducerWhenItsConsumersWait(t *testing.T) {
 	})
 }
 
+// An item put into the empty queue while a consumer is on its way back to Pop (Returning) wakes
+// no waiting consumer: the returning one takes it. Once none is returning, puts wake again; and
+// Revoke wakes a waiting consumer for the items put while it was returning.
+func TestQueueReturningConsumerTakesTheItem(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := NewQueue[int](8, 2, Clock{Epoch: time.Now()})
+		q.AddProducers(1)
+		got := make(chan int, 8)
+		go func() { // the waiting consumer
+			buf := make([]Envelope[int], 8)
+			for release := 0; ; {
+				n, ok := q.Pop(buf, false, release, nil, nil)
+				if !ok {
+					close(got)
+					return
+				}
+				for _, e := range buf[:n] {
+					got <- e.V
+				}
+				release = n
+			}
+		}()
+		synctest.Wait() // it waits
+
+		q.Returning()
+		require.True(t, q.Push(nil, items(1)))
+		synctest.Wait()
+		assert.Empty(t, got, "the waiting consumer was not woken")
+		q.Returned()
+		buf := make([]Envelope[int], 8)
+		n, _ := q.Pop(buf, false, 0, nil, nil) // the returning consumer takes it
+		require.Equal(t, 1, n)
+		assert.Equal(t, 1, buf[0].V)
+
+		require.True(t, q.Push(nil, items(2)))
+		assert.Equal(t, 2, <-got, "none returning: the put wakes the waiting consumer")
+
+		q.Returning()
+		require.True(t, q.Push(nil, items(3)))
+		synctest.Wait()
+		assert.Len(t, got, 0)
+		q.Revoke() // held up on its way back: the waiting consumer takes the item
+		assert.Equal(t, 3, <-got)
+
+		q.Release(1)
+		q.ProducerDone()
+		_, open := <-got
+		assert.False(t, open)
+	})
+}
+
 // A queue whose consumers may give items back does not end while one holds items: another
 // consumer waits for them instead of ending, and ends once every slot is back.
 func TestQueueEndsOnlyWhenNoItemCanComeBack(t *testing.T) {

@@ -27,7 +27,8 @@ type Queue[T any] struct {
 	notFull  chan struct{}
 
 	producers atomic.Int64
-	pushed    int64 // items ever put in
+	returning atomic.Int32 // consumers on their way back to Pop (see Returning)
+	pushed    int64        // items ever put in
 	consumers int
 	clock     Clock
 	stampAll  atomic.Bool
@@ -175,10 +176,11 @@ func (q *Queue[T]) put(items []Envelope[T]) (k int, hurry bool) {
 	q.n += k
 	q.free -= k
 	q.pushed = pushed + int64(k)
-	if q.consWait > 0 && q.n == k {
-		// The queue was empty: wake a consumer. Items put into a queue that was not empty
-		// need no wake-up of their own: the consumer woken for the first ones, or an awake
-		// one, takes them too (and passes the baton on if it leaves some; see Pop).
+	if q.consWait > 0 && q.n == k && q.returning.Load() == 0 {
+		// The queue was empty: wake a consumer, unless one is on its way back to Pop (see
+		// Returning). Items put into a queue that was not empty need no wake-up of their
+		// own: the consumer woken for the first ones, or an awake one, takes them too (and
+		// passes the baton on if it leaves some; see Pop).
 		signal(q.notEmpty)
 		hurry = time.Duration(q.gapAvg) > sparse
 	}
@@ -278,7 +280,16 @@ func (q *Queue[T]) evict(items []Envelope[T]) {
 // free slots when it blocks. If stop ends first, the items not yet in are parked and Push
 // returns false.
 func (q *Queue[T]) Push(stop <-chan struct{}, items []Envelope[T]) bool {
+	return q.PushWith(stop, items, nil)
+}
+
+// PushWith is Push, calling heldUp (if not nil) before it dead-letters or parks items, which
+// may take a while (a dead-letter sink's retries).
+func (q *Queue[T]) PushWith(stop <-chan struct{}, items []Envelope[T], heldUp func()) bool {
 	n, evicted, stopped, _ := q.insert(items, q.Policy, stop, nil)
+	if heldUp != nil && (len(evicted) > 0 || stopped) {
+		heldUp()
+	}
 	q.evict(evicted)
 	if stopped {
 		for _, e := range items[n:] {
@@ -385,6 +396,29 @@ func (q *Queue[T]) release(n int) {
 	if q.consWait > 0 && q.ended() {
 		signal(q.notEmpty) // the last slot back: the waiting consumers see the end
 	}
+}
+
+// Returning says that a consumer is done with its calls and on its way back to Pop: it calls
+// nothing but a push of its outputs downstream before Returned and Pop. Until then, an item put
+// into the empty queue wakes no waiting consumer: the returning one takes it (and passes the
+// baton on if it leaves some). While its push waits for a free slot downstream, the item waits
+// here: another consumer would only wait for the same slots. Under load that saves wake-ups and
+// goroutine switches. If the push is held up by something else (dead-lettering or parking
+// items, see PushWith), the consumer calls Revoke first.
+func (q *Queue[T]) Returning() { q.returning.Add(1) }
+
+// Returned ends Returning, just before the consumer's Pop.
+func (q *Queue[T]) Returned() { q.returning.Add(-1) }
+
+// Revoke ends Returning when the consumer is held up on its way back: a waiting consumer is
+// woken for the items put meanwhile, as if it had not said it.
+func (q *Queue[T]) Revoke() {
+	q.mu.Lock()
+	q.returning.Add(-1)
+	if q.n > 0 && q.consWait > 0 {
+		signal(q.notEmpty)
+	}
+	q.mu.Unlock()
 }
 
 // Pop gives back release slots, then takes up to len(dst) queued items into dst: all it can

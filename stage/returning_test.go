@@ -1,0 +1,56 @@
+package stage
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluicehq/sluice/internal/core"
+)
+
+// A fast worker done with its batch says it is on its way back to its input (Queue.Returning),
+// so that items put meanwhile wait for it instead of waking an idle worker. When its push
+// downstream is held up by a dead letter (here an overflow eviction that takes its time), it
+// takes that back: an idle worker is woken for the next item and calls the stage on it while
+// the first is still held up.
+func TestHeldUpWorkerLetsAnIdleOneTakeTheNextItem(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		env := benchEnv()
+		next := core.NewQueue[int](1, 1, env.Clock)
+		next.AddProducers(1)
+		next.Policy = core.OverflowDeadLetter
+		evicting, release := make(chan int), make(chan struct{})
+		next.Evict = func(e core.Envelope[int]) {
+			evicting <- e.V
+			<-release // a dead-letter write that takes its time
+		}
+		require.True(t, next.Push(nil, []core.Envelope[int]{{V: 0, M: core.Meta{Weight: 1}}})) // next is full
+
+		called := make(chan int, 2)
+		fn := func(_ context.Context, n int) (int, error) {
+			called <- n
+			return n, nil
+		}
+		r := Map("m", fn, Workers(2), Capacity(4)).Bind(env, next)
+		r.AddProducers(1)
+		r.Start()
+		push := func(v int) {
+			require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: v, M: core.Meta{Seq: uint64(v), Weight: 1}}}))
+		}
+		push(1)
+		assert.Equal(t, 1, <-called)
+		assert.Equal(t, 1, <-evicting, "the output of 1 overflows next")
+		push(2) // the other worker takes it now, not once the first is back
+		assert.Equal(t, 2, <-called)
+		assert.Equal(t, 2, <-evicting)
+		close(release)
+		r.ProducerDone()
+		<-r.Done()
+		st := r.Stats()
+		assert.EqualValues(t, 2, st.In)
+		assert.EqualValues(t, 2, st.Succeeded)
+	})
+}
