@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs Sluice's benchmarks and summarises them.
 #
-#   bench/run.sh              full run: -count 10, about 10-15 minutes on a 2-core machine
-#   bench/run.sh -quick       smoke run for CI: -count 3, small benchtimes, about a minute
+#   bench/run.sh              full run: 10 rounds, about 15-20 minutes on a 2-core machine
+#   bench/run.sh -quick       smoke run for CI: 3 rounds, small benchtimes, about a minute
 #   bench/run.sh -ref REF     benchmark the library as committed at REF (e.g. HEAD), not the
 #                             working tree: useful while others are editing it
 #
@@ -71,9 +71,14 @@ fi
 # Build once, then run the test binary: no compiling between benchmark families.
 go test "${modflags[@]}" -c -o "$work/bench.test" .
 
+# Rounds, not -count: each round runs every variant of the family once, so that all variants
+# see the same drift of this shared machine's load (with -count 10 each variant's ten samples
+# would run back to back, a minute apart from the next variant's).
 run() { # family benchtime
-	"$work/bench.test" -test.run '^$' -test.bench "^Benchmark$1\$" -test.count "$count" \
-		-test.benchtime "$2" -test.timeout 60m
+	for _ in $(seq "$count"); do
+		"$work/bench.test" -test.run '^$' -test.bench "^Benchmark$1\$" -test.count 1 \
+			-test.benchtime "$2" -test.timeout 60m
+	done
 }
 
 if [[ -n $ref ]]; then
