@@ -5,6 +5,7 @@ import (
 	"iter"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sluicehq/sluice/dlq"
@@ -34,7 +35,6 @@ func reportPerItem(b *testing.B, before runtime.MemStats) {
 // the same shape written by hand with goroutines and channels. One op is one item.
 func BenchmarkHandOff(b *testing.B) {
 	const workers, capacity = 4, 64
-	inc := func(_ context.Context, x int) (int, error) { return x + 1, nil }
 	b.Run("hand", func(b *testing.B) {
 		b.ReportAllocs()
 		var before runtime.MemStats
@@ -71,7 +71,31 @@ func BenchmarkHandOff(b *testing.B) {
 		}
 		reportPerItem(b, before)
 	})
-	b.Run("sluice", func(b *testing.B) {
+	b.Run("sluice", func(b *testing.B) { benchSluiceHandOff(b, workers, capacity, false) })
+	// Every item carries an acknowledgement, as from a broker: the ack path costs no allocation
+	// beyond the item's tracker.
+	b.Run("sluice-acked", func(b *testing.B) { benchSluiceHandOff(b, workers, capacity, true) })
+}
+
+// ackedSource feeds 0..n-1, each item with an Ack that counts it.
+type ackedSource struct {
+	n     int
+	acked *atomic.Int64
+}
+
+func (s ackedSource) Emit(_ context.Context, admit pipeline.Admit[int]) error {
+	ack := func(pipeline.Outcome) { s.acked.Add(1) }
+	for i := range s.n {
+		if err := admit(pipeline.Item[int]{Value: i, Ack: ack}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func benchSluiceHandOff(b *testing.B, workers, capacity int, acked bool) {
+	inc := func(_ context.Context, x int) (int, error) { return x + 1, nil }
+	{
 		sum := 0
 		flow := pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Input[int](),
 			stage.Map("a", inc, stage.Workers(workers), stage.Capacity(capacity))),
@@ -86,12 +110,20 @@ func BenchmarkHandOff(b *testing.B) {
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
 		b.ResetTimer()
-		if _, err := p.Run(context.Background(), pipeline.FromSeq(count(b.N))); err != nil {
+		var src pipeline.Source[int] = pipeline.FromSeq(count(b.N))
+		var acks atomic.Int64
+		if acked {
+			src = ackedSource{n: b.N, acked: &acks}
+		}
+		if _, err := p.Run(context.Background(), src); err != nil {
 			b.Fatal(err)
 		}
 		if want := b.N*(b.N-1)/2 + 3*b.N; sum != want {
 			b.Fatalf("sum %d, want %d", sum, want)
 		}
+		if acked && acks.Load() != int64(b.N) {
+			b.Fatalf("%d acks, want %d", acks.Load(), b.N)
+		}
 		reportPerItem(b, before)
-	})
+	}
 }

@@ -55,6 +55,7 @@ type Tracker struct {
 	ack     func(Outcome)
 	// panicked receives a panic of ack, recovered (as an error with its stack).
 	panicked func(error)
+	catch    panics.Catcher // recovers that panic (here, not on Done's stack: no allocation per ack)
 }
 
 // NewRoot returns a tracker for one source item that calls ack exactly once. A nil ack gives nil.
@@ -123,9 +124,8 @@ func (t *Tracker) Done(o Outcome) {
 		t.parent.Done(final)
 		return
 	}
-	var c panics.Catcher
-	c.Try(func() { t.ack(final) })
-	if rec := c.Recovered(); rec != nil {
+	t.catch.Try(func() { t.ack(final) })
+	if rec := t.catch.Recovered(); rec != nil {
 		t.panicked(fmt.Errorf("an item's Ack panicked (outcome %s): %v\n%s", final, rec.Value, rec.Stack))
 	}
 }
