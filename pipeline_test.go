@@ -659,12 +659,13 @@ func TestReplayLeavesUnknownStageAndBadPayload(t *testing.T) {
 }
 
 // stepStore is a dlq.Store that fails every operation from the n-th on, to stop a replay at
-// every step.
+// every step: with an error, or with a panic if panics is set.
 type stepStore struct {
 	*dlq.Memory
-	mu    sync.Mutex
-	left  int
-	stops bool
+	mu     sync.Mutex
+	left   int
+	panics bool
+	stops  bool
 }
 
 func (s *stepStore) step() error {
@@ -672,6 +673,9 @@ func (s *stepStore) step() error {
 	defer s.mu.Unlock()
 	if s.left <= 0 {
 		s.stops = true
+		if s.panics {
+			panic("store crashed")
+		}
 		return errors.New("crash")
 	}
 	s.left--
@@ -692,12 +696,14 @@ func (s *stepStore) Delete(ctx context.Context, ids ...string) error {
 	return s.Memory.Delete(ctx, ids...)
 }
 
-// A replay stopped at any step loses nothing: each original item is delivered, or still in the
-// store (possibly under a new record), and never both lost.
+// A replay stopped at any step, by a store that fails or panics, loses nothing: each original
+// item is delivered, or still in the store (possibly under a new record), and never both lost.
+// A panicking store fails the replay with an error that names the store, not the process.
 func TestReplayStoppedAtEveryStepLosesNothing(t *testing.T) {
 	const items = 6
-	for stopAt := 0; stopAt <= 2*items+1; stopAt++ {
-		t.Run(strconv.Itoa(stopAt), func(t *testing.T) {
+	for step := 0; step <= 2*(2*items+1)+1; step++ {
+		stopAt, panics := step/2, step%2 == 1
+		t.Run(fmt.Sprintf("%d/panics=%v", stopAt, panics), func(t *testing.T) {
 			ctx := context.Background()
 			mem := dlq.NewMemory()
 			for i := range items {
@@ -705,7 +711,7 @@ func TestReplayStoppedAtEveryStepLosesNothing(t *testing.T) {
 					Stage: "m", Payload: []byte(strconv.Itoa(i)), Reason: dlq.ReasonError, Error: "e", Attempts: 1, MaxAttempts: 1,
 					FirstAttemptAt: time.Now(), FailedAt: time.Now()}))
 			}
-			store := &stepStore{Memory: mem, left: stopAt}
+			store := &stepStore{Memory: mem, left: stopAt, panics: panics}
 			var out collector[int]
 			fn := func(_ context.Context, n int) (int, error) {
 				if n%2 == 0 {
@@ -719,6 +725,10 @@ func TestReplayStoppedAtEveryStepLosesNothing(t *testing.T) {
 			_, runErr := p.Replay(ctx, store, pipeline.ReplayOptions{})
 			if !store.stops {
 				require.NoError(t, runErr)
+			} else if panics {
+				require.Error(t, runErr)
+				assert.Contains(t, runErr.Error(), "*sluice_test.stepStore panicked: store crashed")
+				assert.NotContains(t, runErr.Error(), "Ack panicked", "the store's panic is not the item's")
 			}
 			recs, err := mem.Records(ctx)
 			require.NoError(t, err)
