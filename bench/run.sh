@@ -1,32 +1,47 @@
 #!/usr/bin/env bash
 # Runs Sluice's benchmarks and summarises them.
 #
-#   bench/run.sh              full run: 10 rounds, about 15-20 minutes on a 2-core machine
-#   bench/run.sh -quick       smoke run for CI: 3 rounds, small benchtimes, about a minute
+#   bench/run.sh              full run: -count 10, about 10-20 minutes on a 2-core machine
+#   bench/run.sh -quick       smoke run for CI: -count 3, small benchtimes, about a minute
+#   bench/run.sh -count N     N samples of each benchmark (default 10, 3 with -quick)
 #   bench/run.sh -ref REF     benchmark the library as committed at REF (e.g. HEAD), not the
 #                             working tree: useful while others are editing it
+#
+# The N samples are taken in N rounds, each running every variant of a family once (not go
+# test's -count N, which takes a variant's N samples back to back), so that all variants see
+# the same drift of a shared machine's load.
 #
 # Output (in bench/results/, each prefixed quick- in quick mode): raw.txt, the benchstat
 # summary (benchstat.txt, benchstat.csv) and ratios.txt, the table of ratios against hand.
 set -euo pipefail
 
-cd "$(dirname "$0")"
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$self")"
 
 quick=0
 ref=""
+samples=""
 while [[ $# -gt 0 ]]; do
 	case "$1" in
 	-quick | --quick) quick=1 ;;
+	-count | --count)
+		samples="${2:?-count needs a number}"
+		[[ $samples =~ ^[1-9][0-9]*$ ]] || {
+			echo "run.sh: -count $samples: want a positive number" >&2
+			exit 2
+		}
+		shift
+		;;
 	-ref | --ref)
 		ref="${2:?-ref needs a git ref}"
 		shift
 		;;
 	-h | --help)
-		sed -n '2,11p' "$0"
+		sed -n '2,15p' "$self"
 		exit 0
 		;;
 	*)
-		echo "run.sh: unknown argument $1 (use -quick, -ref REF)" >&2
+		echo "run.sh: unknown argument $1 (use -quick, -count N, -ref REF)" >&2
 		exit 2
 		;;
 	esac
@@ -46,6 +61,7 @@ else
 	lat_time=10x
 	out=results/
 fi
+count=${samples:-$count}
 
 raw=${out}raw.txt
 mkdir -p results
@@ -71,9 +87,7 @@ fi
 # Build once, then run the test binary: no compiling between benchmark families.
 go test "${modflags[@]}" -c -o "$work/bench.test" .
 
-# Rounds, not -count: each round runs every variant of the family once, so that all variants
-# see the same drift of this shared machine's load (with -count 10 each variant's ten samples
-# would run back to back, a minute apart from the next variant's).
+# $count rounds (see the top): each runs every variant of the family once.
 run() { # family benchtime
 	for _ in $(seq "$count"); do
 		"$work/bench.test" -test.run '^$' -test.bench "^Benchmark$1\$" -test.count 1 \
