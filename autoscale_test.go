@@ -111,3 +111,64 @@ func TestAutoscaleBadConfig(t *testing.T) {
 		assert.Contains(t, s.Err().Error(), c.want)
 	}
 }
+
+// Workers the autoscaler retires keep working while the stage has a backlog; a later shrink
+// counts only the workers that are not retiring yet, so the pool never retires its last
+// worker. (It once counted the retiring ones too: while four workers were stuck in slow calls,
+// shrink after shrink retired them all, and the stage ended with items still to come.)
+func TestAutoscaleNeverRetiresTheLastWorker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const window = 50 * time.Millisecond
+		gate := make(chan struct{})
+		var gated atomic.Bool
+		entered := make(chan struct{}, 64)
+		var done atomic.Int64
+		call := stage.Map("call", func(_ context.Context, n int) (int, error) {
+			if gated.Load() {
+				entered <- struct{}{}
+				<-gate
+			} else {
+				time.Sleep(10 * time.Millisecond)
+			}
+			done.Add(1)
+			return n, nil
+		}, stage.Autoscale(1, 4, stage.AutoscaleConfig{Window: window, Cooldown: 1}))
+		p, err := pipeline.New("scale", pipeline.Then(pipeline.Input[int](), call))
+		require.NoError(t, err)
+		push := pipeline.NewPush[int]()
+		job, err := p.Start(context.Background(), push)
+		require.NoError(t, err)
+		workers := func() int { return job.Stats().Stages[0].Workers }
+
+		// Flood the stage until the pool has grown to its maximum.
+		submitted := 0
+		for workers() < 4 {
+			require.NoError(t, push.Submit(context.Background(), submitted))
+			submitted++
+			require.Less(t, submitted, 10_000, "the pool never grew to 4 workers")
+		}
+		// From now on every call hangs until the gate opens: the four workers are stuck in
+		// calls, nothing arrives, and the backlog is small, so the controller shrinks the pool
+		// window after window.
+		gated.Store(true)
+		for range 4 {
+			<-entered
+		}
+		time.Sleep(20 * window)
+		close(gate)
+		synctest.Wait() // the backlog is done: retired workers exit, the others wait for input
+		assert.Positive(t, workers(), "the pool has no worker left")
+		// The stage still has a worker for what comes next.
+		for range 10 {
+			require.NoError(t, push.Submit(context.Background(), submitted))
+			submitted++
+		}
+		push.Close()
+		report, err := job.Wait()
+		require.NoError(t, err)
+		assert.EqualValues(t, submitted, report.Delivered)
+		assert.EqualValues(t, submitted, done.Load())
+		assert.GreaterOrEqual(t, report.Stages[0].Resizes, int64(2), "grown, then shrunk")
+		requireBalanced(t, report)
+	})
+}

@@ -33,8 +33,10 @@ type autoscale struct {
 // service time (Little's law) plus its backlog: it grows the pool at once when more are
 // needed, and shrinks it by half the excess at a time, only after a cool-down and when the
 // need fell well below the current size, so it does not thrash. Workers are added and retired
-// between items, never losing or duplicating one. The stage holds at most Capacity + max
-// items. Resizes are logged and counted (Stats.Resizes; Stats.Workers is the current size).
+// between items, never losing or duplicating one: a retired worker leaves once the input is
+// empty, helping with the backlog until then, and the pool never retires below min. The stage
+// holds at most Capacity + max items. Resizes are logged and counted (Stats.Resizes;
+// Stats.Workers is the current size, retired workers still finishing the backlog included).
 func Autoscale(min, max int, c AutoscaleConfig) Option {
 	return func(cfg *config) {
 		var errs []error
@@ -101,7 +103,15 @@ func (r *Runner[In, Out]) control() {
 				timed += w.c.timed.Load()
 			}
 		}
-		current := len(r.workers)
+		// The size to resize from: the workers not retiring yet. A retiring one leaves only once
+		// the input is empty (it helps with the backlog meanwhile); counting it would let shrink
+		// after shrink retire every worker while the stage still has items to come.
+		current := 0
+		for _, w := range r.workers {
+			if !w.retiring {
+				current++
+			}
+		}
 		r.mu.Unlock()
 		arrivals := float64(pushed-lastPushed) / a.Window.Seconds()
 		if dt := timed - lastTimed; dt > 0 {
