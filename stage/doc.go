@@ -35,9 +35,10 @@
 //
 // A worker whose calls are fast, once done with its batch, comes straight back for more: while
 // it passes its outputs on, an item that arrives in its input waits for it rather than wake an
-// idle worker, and when the next stage's input is full it waits with the worker (another worker
-// would only wait for the same room). If passing its outputs on means writing dead letters
-// (overflow) or parking them (a drain), the idle workers are woken as usual.
+// idle worker. When the next stage's input is full, a map's item waits with the worker (another
+// worker would only wait for the same room); a filter's or flat-map's, which may need no room,
+// wakes an idle worker, as does any item when passing the outputs on means writing dead letters
+// (overflow) or parking them (a drain).
 //
 // Stages are definitions: they hold no running state, so one stage value may serve several
 // pipelines and runs. Package pipeline chains them and runs them.

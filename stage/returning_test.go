@@ -35,11 +35,7 @@ func TestHeldUpWorkerLetsAnIdleOneTakeTheNextItem(t *testing.T) {
 			return n, nil
 		}
 		r := Map("m", fn, Workers(2), Capacity(4)).Bind(env, next)
-		r.AddProducers(1)
-		r.Start()
-		push := func(v int) {
-			require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: v, M: core.Meta{Seq: uint64(v), Weight: 1}}}))
-		}
+		push := start(t, r)
 		push(1)
 		assert.Equal(t, 1, <-called)
 		assert.Equal(t, 1, <-evicting, "the output of 1 overflows next")
@@ -53,4 +49,50 @@ func TestHeldUpWorkerLetsAnIdleOneTakeTheNextItem(t *testing.T) {
 		assert.EqualValues(t, 2, st.In)
 		assert.EqualValues(t, 2, st.Succeeded)
 	})
+}
+
+// A filter's worker whose push waits for room downstream does not hold up the next item: the
+// filter may drop it, which needs no room, so an idle worker is woken and filters it while the
+// first still waits. (A map's next item waits for the returning worker: it needs the same room.)
+func TestWaitingFilterWorkerLetsAnIdleOneFilterTheNextItem(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		env := benchEnv()
+		next := core.NewQueue[int](1, 1, env.Clock)
+		next.AddProducers(1)
+		require.True(t, next.Push(nil, []core.Envelope[int]{{V: 0, M: core.Meta{Weight: 1}}})) // next is full
+		called := make(chan int, 4)
+		keepOdd := func(_ context.Context, n int) (bool, error) {
+			called <- n
+			return n%2 == 1, nil
+		}
+		r := Filter("f", keepOdd, Workers(2), Capacity(4)).Bind(env, next)
+		push := start(t, r)
+		push(1)
+		assert.Equal(t, 1, <-called)
+		synctest.Wait() // one worker waits for room in next with 1, the other for input
+		push(2)         // filtered out: needs no room downstream
+		synctest.Wait()
+		require.Len(t, called, 1, "an idle worker took 2")
+		assert.Equal(t, 2, <-called)
+		assert.EqualValues(t, 1, r.Stats().Filtered)
+
+		buf := make([]core.Envelope[int], 1)
+		for range 2 { // 0, then 1 once the waiting worker gets the room
+			n, _ := next.Pop(buf, false, 0, nil, nil)
+			require.Equal(t, 1, n)
+			next.Release(1)
+		}
+		r.ProducerDone()
+		<-r.Done()
+		assert.EqualValues(t, 1, r.Stats().Succeeded)
+	})
+}
+
+// start starts r with one producer, and returns a function that pushes one item into its input.
+func start(t *testing.T, r *Runner[int, int]) (push func(v int)) {
+	r.AddProducers(1)
+	r.Start()
+	return func(v int) {
+		require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: v, M: core.Meta{Seq: uint64(v), Weight: 1}}}))
+	}
 }

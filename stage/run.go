@@ -533,7 +533,8 @@ func (w *worker[In, Out]) work(from int) bool {
 	}
 	clear(w.buf[:w.k])
 	if w.fast && !w.inline {
-		// Its calls are fast and done: it comes straight back to Pop (see Queue.Returning).
+		// Its calls are fast and done: it comes straight back to Pop (see Queue.Returning),
+		// calling nothing but the push of its outputs (flush) on the way.
 		w.returning = true
 		w.r.in.Returning()
 	}
@@ -670,7 +671,9 @@ func (w *worker[In, Out]) flush() {
 	}
 	inc(&w.c.out, int64(len(w.out)))
 	w.publish() // before the outputs can reach the end of the run
-	w.r.next.PushWith(w.r.env.Work.Done(), w.out, w.heldUp)
+	// While the push waits for room, the items of a map wait for this worker (they need room
+	// too); a filter's or flat-map's may need none: an idle worker is woken for them.
+	w.r.next.PushWith(w.r.env.Work.Done(), w.out, w.heldUp, w.r.s.kind != KindMap)
 	clear(w.out)
 	w.out = w.out[:0]
 }

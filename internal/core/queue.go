@@ -208,12 +208,13 @@ const (
 
 // insert puts items in per policy. It returns how many went in; the items evicted (old queued
 // ones, or new ones), which the caller hands to Evict outside the lock; and stopped when stop1
-// or stop2 ended while it waited (items[n:] were not put in).
-func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}) (n int, evicted []Envelope[T], stopped, hurry bool) {
+// or stop2 ended while it waited (items[n:] were not put in). If it has to wait for room, it
+// first calls beforeWait (if not nil; outside the lock, once) and says so in calledBack.
+func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}, beforeWait func()) (n int, evicted []Envelope[T], stopped, hurry, calledBack bool) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		return 0, nil, false, false // the caller sees nothing went in (Offer: Closed)
+		return 0, nil, false, false, false // the caller sees nothing went in (Offer: Closed)
 	}
 	for len(items) > 0 {
 		if q.free > 0 {
@@ -224,11 +225,11 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 		switch policy {
 		case OverflowReject:
 			q.mu.Unlock()
-			return n, evicted, false, hurry
+			return n, evicted, false, hurry, calledBack
 		case OverflowDeadLetter:
 			evicted = append(evicted, items...)
 			q.mu.Unlock()
-			return n, evicted, false, hurry
+			return n, evicted, false, hurry, calledBack
 		case OverflowDropOldest:
 			if q.n > 0 {
 				evicted = append(evicted, q.ring[q.head])
@@ -246,6 +247,10 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 			q.dropWait++
 		}
 		q.mu.Unlock()
+		if beforeWait != nil && !calledBack {
+			calledBack = true
+			beforeWait()
+		}
 		woken := false
 		select {
 		case <-q.notFull:
@@ -263,11 +268,11 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 				signal(q.notFull)
 			}
 			q.mu.Unlock()
-			return n, evicted, true, hurry
+			return n, evicted, true, hurry, calledBack
 		}
 	}
 	q.mu.Unlock()
-	return n, evicted, false, hurry
+	return n, evicted, false, hurry, calledBack
 }
 
 func (q *Queue[T]) evict(items []Envelope[T]) {
@@ -280,14 +285,19 @@ func (q *Queue[T]) evict(items []Envelope[T]) {
 // free slots when it blocks. If stop ends first, the items not yet in are parked and Push
 // returns false.
 func (q *Queue[T]) Push(stop <-chan struct{}, items []Envelope[T]) bool {
-	return q.PushWith(stop, items, nil)
+	return q.PushWith(stop, items, nil, false)
 }
 
-// PushWith is Push, calling heldUp (if not nil) before it dead-letters or parks items, which
-// may take a while (a dead-letter sink's retries).
-func (q *Queue[T]) PushWith(stop <-chan struct{}, items []Envelope[T], heldUp func()) bool {
-	n, evicted, stopped, _ := q.insert(items, q.Policy, stop, nil)
-	if heldUp != nil && (len(evicted) > 0 || stopped) {
+// PushWith is Push, calling heldUp (if not nil, at most once) before it dead-letters or parks
+// items, which may take a while (a dead-letter sink's retries), and, if onWait, before it
+// waits for room.
+func (q *Queue[T]) PushWith(stop <-chan struct{}, items []Envelope[T], heldUp func(), onWait bool) bool {
+	var beforeWait func()
+	if onWait {
+		beforeWait = heldUp
+	}
+	n, evicted, stopped, _, calledBack := q.insert(items, q.Policy, stop, nil, beforeWait)
+	if heldUp != nil && !calledBack && (len(evicted) > 0 || stopped) {
 		heldUp()
 	}
 	q.evict(evicted)
@@ -340,7 +350,7 @@ func (q *Queue[T]) Offer(e Envelope[T], policy Overflow, stop1, stop2 <-chan str
 		return Admitted
 	}
 	q.mu.Unlock()
-	n, evicted, stopped, hurry := q.insert(one[:], policy, stop1, stop2)
+	n, evicted, stopped, hurry, _ := q.insert(one[:], policy, stop1, stop2, nil)
 	q.evict(evicted)
 	switch {
 	case n == 1:
@@ -401,10 +411,12 @@ func (q *Queue[T]) release(n int) {
 // Returning says that a consumer is done with its calls and on its way back to Pop: it calls
 // nothing but a push of its outputs downstream before Returned and Pop. Until then, an item put
 // into the empty queue wakes no waiting consumer: the returning one takes it (and passes the
-// baton on if it leaves some). While its push waits for a free slot downstream, the item waits
-// here: another consumer would only wait for the same slots. Under load that saves wake-ups and
-// goroutine switches. If the push is held up by something else (dead-lettering or parking
-// items, see PushWith), the consumer calls Revoke first.
+// baton on if it leaves some). Under load that saves wake-ups and goroutine switches. If the
+// push is held up by dead-lettering or parking items (see PushWith), the consumer calls Revoke
+// first; if it waits for a free slot downstream, it does too unless every item it would take
+// needs such a slot as well (a map's: another consumer would only wait for the same slots), so
+// that an item that needs none (filtered out, dead-lettered) is not held up behind it. It
+// calls nothing else between Returning and Returned: no code of the user's.
 func (q *Queue[T]) Returning() { q.returning.Add(1) }
 
 // Returned ends Returning, just before the consumer's Pop.
