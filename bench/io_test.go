@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"fmt"
+	"iter"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,5 +135,29 @@ func benchIO(b *testing.B, build builder[int], sleep time.Duration, bound float6
 	reportPerItem(b, items, allocs)
 	if over {
 		b.Skip(why)
+	}
+}
+
+// BenchmarkIOExtraCPU is BenchmarkIO's hand-written variant with extra CPU work per item in the
+// sleeping stage (a busy loop of 0, 1, 2 and 4 µs after each sleep): how much of the bound a
+// pipeline loses to its own cost per item when 64 sleepers share two processors. Goroutines
+// whose timers fire together queue for a processor, and each one's work delays the rest.
+func BenchmarkIOExtraCPU(b *testing.B) {
+	sleep := measureSleep(ioSleep, ioSamples)
+	bound := float64(ioWorkers2) / sleep.Seconds()
+	for _, extra := range []time.Duration{0, time.Microsecond, 2 * time.Microsecond, 4 * time.Microsecond} {
+		b.Run(fmt.Sprintf("hand+%dus", extra.Microseconds()), func(b *testing.B) {
+			withExtra := func(sh shape[int], src iter.Seq[int], sink func(int)) (func() error, error) {
+				f := sh.fn[1]
+				sh.fn[1] = func(x int) int {
+					y := f(x)
+					for t := time.Now(); time.Since(t) < extra; {
+					}
+					return y
+				}
+				return buildHand(sh, src, sink)
+			}
+			benchIO(b, withExtra, sleep, bound)
+		})
 	}
 }

@@ -36,7 +36,9 @@ func benchEnv() *core.Env {
 // policy (the short path of a first attempt; its worker claims each batch whole); guarded has a
 // timeout, so every attempt goes through the full loop (a context with a deadline per attempt,
 // the watchdog timer); retried fails each item's first attempt and succeeds on the second, with
-// no backoff.
+// no backoff; slow calls a busy loop of 5µs, so every item goes through the slow path (timed
+// one by one, its output passed on at once), and reports overhead-ns/item: the time outside the
+// calls.
 func BenchmarkAttempt(b *testing.B) {
 	inc := func(_ context.Context, x int) (int, error) { return x + 1, nil }
 	var calls int
@@ -47,6 +49,14 @@ func BenchmarkAttempt(b *testing.B) {
 		return x + 1, nil
 	}
 	noWait := retry.Policy{MaxAttempts: 2, InitialInterval: time.Nanosecond, MaxInterval: time.Nanosecond}
+	var inCalls time.Duration
+	slow := func(_ context.Context, x int) (int, error) {
+		t := time.Now()
+		for time.Since(t) < 5*time.Microsecond {
+		}
+		inCalls += time.Since(t)
+		return x + 1, nil
+	}
 	for _, c := range []struct {
 		name string
 		st   *Stage[int, int]
@@ -54,6 +64,7 @@ func BenchmarkAttempt(b *testing.B) {
 		{"lean", Map("s", inc, Capacity(maxTake))},
 		{"guarded", Map("s", inc, Capacity(maxTake), Timeout(time.Minute))},
 		{"retried", Map("s", flaky, Capacity(maxTake), Retry(noWait))},
+		{"slow", Map("s", slow, Capacity(maxTake))},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			env := benchEnv()
@@ -68,6 +79,7 @@ func BenchmarkAttempt(b *testing.B) {
 				}
 			}()
 			r.in.AddProducers(1)
+			inCalls = 0
 			batch := make([]core.Envelope[int], len(w.buf))
 			release := 0
 			b.ReportAllocs()
@@ -95,6 +107,9 @@ func BenchmarkAttempt(b *testing.B) {
 			w.publish()
 			if got := w.c.succeeded.Load(); got != int64(b.N) {
 				b.Fatalf("%d items succeeded, want %d", got, b.N)
+			}
+			if inCalls > 0 {
+				b.ReportMetric(float64(b.Elapsed()-inCalls)/float64(b.N), "overhead-ns/item")
 			}
 		})
 	}
