@@ -172,3 +172,76 @@ func TestAutoscaleNeverRetiresTheLastWorker(t *testing.T) {
 		requireBalanced(t, report)
 	})
 }
+
+// An autoscaled pool never runs more than max calls at once. Workers the autoscaler retires go
+// on with the backlog until the input is empty; when the pool grows again meanwhile, the new
+// workers do not come on top of the retiring ones beyond max. (Once retiring workers were no
+// longer counted as the pool, it grew to 7 workers of at most 4, and 7 calls ran at once.)
+func TestAutoscaleNeverExceedsMax(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const window = 50 * time.Millisecond
+		gate := make(chan struct{})
+		var gated atomic.Bool
+		var inFlight, peak atomic.Int64
+		entered := make(chan struct{}, 64)
+		call := stage.Map("call", func(_ context.Context, n int) (int, error) {
+			c := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for p := peak.Load(); c > p && !peak.CompareAndSwap(p, c); p = peak.Load() {
+			}
+			if gated.Load() {
+				entered <- struct{}{}
+				<-gate
+			} else {
+				time.Sleep(10 * time.Millisecond)
+			}
+			return n, nil
+		}, stage.Capacity(16), stage.Autoscale(1, 4, stage.AutoscaleConfig{Window: window, Cooldown: 5}))
+		p, err := pipeline.New("scale", pipeline.Then(pipeline.Input[int](), call))
+		require.NoError(t, err)
+		push := pipeline.NewPush[int]()
+		job, err := p.Start(context.Background(), push)
+		require.NoError(t, err)
+		st := func() stage.Stats { return job.Stats().Stages[0] }
+
+		// Grow the pool to its maximum with a steady flow of 10ms calls.
+		submitted := 0
+		for st().Workers < 4 {
+			require.NoError(t, push.Submit(context.Background(), submitted))
+			submitted++
+			time.Sleep(time.Millisecond)
+			require.Less(t, submitted, 10_000, "the pool never grew to 4 workers")
+		}
+		// Let the backlog go, then hold every call: the four workers get stuck in calls with
+		// nothing queued. (The cool-down keeps the pool at 4 until then: the backlog of 16 items
+		// takes 4 workers 40ms, under a window.) With nothing coming, the pool then shrinks
+		// window after window: its workers retire, but stay in their calls.
+		for st().Queued > 0 {
+			time.Sleep(time.Millisecond)
+		}
+		require.Equal(t, 4, st().Workers)
+		gated.Store(true)
+		for range 4 {
+			require.NoError(t, push.Submit(context.Background(), submitted))
+			submitted++
+			<-entered
+		}
+		time.Sleep(20 * window)
+		// A burst: the backlog makes the pool grow again.
+		for range 12 {
+			require.NoError(t, push.Submit(context.Background(), submitted))
+			submitted++
+		}
+		time.Sleep(3 * window)
+		s := st()
+		t.Logf("after the burst: workers %d, busy %d, queued %d, resizes %d; calls in flight %d", s.Workers, s.Busy, s.Queued, s.Resizes, inFlight.Load())
+		assert.LessOrEqual(t, peak.Load(), int64(4), "calls in flight at once in a pool of at most 4 workers")
+		assert.LessOrEqual(t, s.Workers, 4, "workers of a pool of at most 4")
+		close(gate)
+		push.Close()
+		report, err := job.Wait()
+		require.NoError(t, err)
+		assert.EqualValues(t, submitted, report.Delivered)
+		requireBalanced(t, report)
+	})
+}

@@ -105,10 +105,14 @@ func (r *Runner[In, Out]) control() {
 		}
 		// The size to resize from: the workers not retiring yet. A retiring one leaves only once
 		// the input is empty (it helps with the backlog meanwhile); counting it would let shrink
-		// after shrink retire every worker while the stage still has items to come.
-		current := 0
+		// after shrink retire every worker while the stage still has items to come. It still
+		// holds a slot of the pool, though: growth stops at max with it, so that no more than
+		// max calls run at once and the stage holds at most Capacity + max items.
+		current, retiring := 0, 0
 		for _, w := range r.workers {
-			if !w.retiring {
+			if w.retiring {
+				retiring++
+			} else {
 				current++
 			}
 		}
@@ -121,8 +125,8 @@ func (r *Runner[In, Out]) control() {
 		want := a.desired(arrivals, service, r.in.Len())
 		sinceResize++
 		switch {
-		case want > current:
-			r.resize(current, want, arrivals, service)
+		case want > current && current+retiring < a.max:
+			r.resize(current, min(want, a.max-retiring), arrivals, service)
 			sinceResize = 0
 		case want < current && float64(want) <= a.ShrinkBelow*float64(current) && sinceResize >= a.Cooldown:
 			r.resize(current, current-(current-want+1)/2, arrivals, service)
