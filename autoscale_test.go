@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sluicehq/sluice/internal/testkit"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/stage"
 )
@@ -112,6 +113,72 @@ func TestAutoscaleBadConfig(t *testing.T) {
 	}
 }
 
+// gatedPool is a one-stage pipeline of an autoscaled pool whose calls take 10ms, until the test
+// closes the gate: from then on each call waits at the gate until it is released.
+type gatedPool struct {
+	gated     atomic.Bool
+	gate      *testkit.Gate
+	calls     testkit.Gauge // calls in flight
+	push      *pipeline.Push[int]
+	job       *pipeline.Job
+	submitted int
+}
+
+func startGatedPool(t *testing.T, opts ...stage.Option) *gatedPool {
+	g := &gatedPool{gate: testkit.NewGate(), push: pipeline.NewPush[int]()}
+	call := stage.Map("call", func(_ context.Context, n int) (int, error) {
+		defer g.calls.Enter()()
+		if g.gated.Load() {
+			g.gate.Block()
+		} else {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return n, nil
+	}, opts...)
+	p, err := pipeline.New("scale", pipeline.Then(pipeline.Input[int](), call))
+	require.NoError(t, err)
+	g.job, err = p.Start(context.Background(), g.push)
+	require.NoError(t, err)
+	return g
+}
+
+func (g *gatedPool) stats() stage.Stats { return g.job.Stats().Stages[0] }
+
+// submit submits n more items, blocking while the input is full.
+func (g *gatedPool) submit(t *testing.T, n int) {
+	for range n {
+		require.NoError(t, g.push.Submit(context.Background(), g.submitted))
+		g.submitted++
+	}
+}
+
+// grow submits one item every millisecond until the pool has max workers.
+func (g *gatedPool) grow(t *testing.T, max int) {
+	for g.stats().Workers < max {
+		g.submit(t, 1)
+		time.Sleep(time.Millisecond)
+		require.Less(t, g.submitted, 10_000, "the pool never grew to %d workers", max)
+	}
+}
+
+// stuck waits (on the fake clock) until n calls wait at the gate.
+func (g *gatedPool) stuck(n int64) {
+	for g.gate.Blocked() < n {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// finish opens the gate, ends the input and checks that every item was delivered.
+func (g *gatedPool) finish(t *testing.T) pipeline.Report {
+	g.gate.Release()
+	g.push.Close()
+	report, err := g.job.Wait()
+	require.NoError(t, err)
+	assert.EqualValues(t, g.submitted, report.Delivered)
+	requireBalanced(t, report)
+	return report
+}
+
 // Workers the autoscaler retires keep working while the stage has a backlog; a later shrink
 // counts only the workers that are not retiring yet, so the pool never retires its last
 // worker. (It once counted the retiring ones too: while four workers were stuck in slow calls,
@@ -119,57 +186,20 @@ func TestAutoscaleBadConfig(t *testing.T) {
 func TestAutoscaleNeverRetiresTheLastWorker(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const window = 50 * time.Millisecond
-		gate := make(chan struct{})
-		var gated atomic.Bool
-		entered := make(chan struct{}, 64)
-		var done atomic.Int64
-		call := stage.Map("call", func(_ context.Context, n int) (int, error) {
-			if gated.Load() {
-				entered <- struct{}{}
-				<-gate
-			} else {
-				time.Sleep(10 * time.Millisecond)
-			}
-			done.Add(1)
-			return n, nil
-		}, stage.Autoscale(1, 4, stage.AutoscaleConfig{Window: window, Cooldown: 1}))
-		p, err := pipeline.New("scale", pipeline.Then(pipeline.Input[int](), call))
-		require.NoError(t, err)
-		push := pipeline.NewPush[int]()
-		job, err := p.Start(context.Background(), push)
-		require.NoError(t, err)
-		workers := func() int { return job.Stats().Stages[0].Workers }
-
-		// Flood the stage until the pool has grown to its maximum.
-		submitted := 0
-		for workers() < 4 {
-			require.NoError(t, push.Submit(context.Background(), submitted))
-			submitted++
-			require.Less(t, submitted, 10_000, "the pool never grew to 4 workers")
-		}
-		// From now on every call hangs until the gate opens: the four workers are stuck in
-		// calls, nothing arrives, and the backlog is small, so the controller shrinks the pool
-		// window after window.
-		gated.Store(true)
-		for range 4 {
-			<-entered
-		}
+		g := startGatedPool(t, stage.Autoscale(1, 4, stage.AutoscaleConfig{Window: window, Cooldown: 1}))
+		g.grow(t, 4)
+		// From now on every call waits at the gate: the four workers get stuck in calls (the
+		// backlog keeps the pool at 4 until then), nothing arrives, and the backlog is small,
+		// so the controller shrinks the pool window after window.
+		g.gated.Store(true)
+		g.stuck(4)
 		time.Sleep(20 * window)
-		close(gate)
+		g.gate.Release()
 		synctest.Wait() // the backlog is done: retired workers exit, the others wait for input
-		assert.Positive(t, workers(), "the pool has no worker left")
-		// The stage still has a worker for what comes next.
-		for range 10 {
-			require.NoError(t, push.Submit(context.Background(), submitted))
-			submitted++
-		}
-		push.Close()
-		report, err := job.Wait()
-		require.NoError(t, err)
-		assert.EqualValues(t, submitted, report.Delivered)
-		assert.EqualValues(t, submitted, done.Load())
+		assert.Positive(t, g.stats().Workers, "the pool has no worker left")
+		g.submit(t, 10) // the stage still has a worker for these
+		report := g.finish(t)
 		assert.GreaterOrEqual(t, report.Stages[0].Resizes, int64(2), "grown, then shrunk")
-		requireBalanced(t, report)
 	})
 }
 
@@ -180,68 +210,26 @@ func TestAutoscaleNeverRetiresTheLastWorker(t *testing.T) {
 func TestAutoscaleNeverExceedsMax(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const window = 50 * time.Millisecond
-		gate := make(chan struct{})
-		var gated atomic.Bool
-		var inFlight, peak atomic.Int64
-		entered := make(chan struct{}, 64)
-		call := stage.Map("call", func(_ context.Context, n int) (int, error) {
-			c := inFlight.Add(1)
-			defer inFlight.Add(-1)
-			for p := peak.Load(); c > p && !peak.CompareAndSwap(p, c); p = peak.Load() {
-			}
-			if gated.Load() {
-				entered <- struct{}{}
-				<-gate
-			} else {
-				time.Sleep(10 * time.Millisecond)
-			}
-			return n, nil
-		}, stage.Capacity(16), stage.Autoscale(1, 4, stage.AutoscaleConfig{Window: window, Cooldown: 5}))
-		p, err := pipeline.New("scale", pipeline.Then(pipeline.Input[int](), call))
-		require.NoError(t, err)
-		push := pipeline.NewPush[int]()
-		job, err := p.Start(context.Background(), push)
-		require.NoError(t, err)
-		st := func() stage.Stats { return job.Stats().Stages[0] }
-
-		// Grow the pool to its maximum with a steady flow of 10ms calls.
-		submitted := 0
-		for st().Workers < 4 {
-			require.NoError(t, push.Submit(context.Background(), submitted))
-			submitted++
-			time.Sleep(time.Millisecond)
-			require.Less(t, submitted, 10_000, "the pool never grew to 4 workers")
-		}
+		g := startGatedPool(t, stage.Capacity(16), stage.Autoscale(1, 4, stage.AutoscaleConfig{Window: window, Cooldown: 5}))
+		g.grow(t, 4)
 		// Let the backlog go, then hold every call: the four workers get stuck in calls with
 		// nothing queued. (The cool-down keeps the pool at 4 until then: the backlog of 16 items
 		// takes 4 workers 40ms, under a window.) With nothing coming, the pool then shrinks
 		// window after window: its workers retire, but stay in their calls.
-		for st().Queued > 0 {
+		for g.stats().Queued > 0 {
 			time.Sleep(time.Millisecond)
 		}
-		require.Equal(t, 4, st().Workers)
-		gated.Store(true)
-		for range 4 {
-			require.NoError(t, push.Submit(context.Background(), submitted))
-			submitted++
-			<-entered
-		}
+		require.Equal(t, 4, g.stats().Workers)
+		g.gated.Store(true)
+		g.submit(t, 4)
+		g.stuck(4)
 		time.Sleep(20 * window)
-		// A burst: the backlog makes the pool grow again.
-		for range 12 {
-			require.NoError(t, push.Submit(context.Background(), submitted))
-			submitted++
-		}
+		g.submit(t, 12) // a burst: the backlog makes the pool grow again
 		time.Sleep(3 * window)
-		s := st()
-		t.Logf("after the burst: workers %d, busy %d, queued %d, resizes %d; calls in flight %d", s.Workers, s.Busy, s.Queued, s.Resizes, inFlight.Load())
-		assert.LessOrEqual(t, peak.Load(), int64(4), "calls in flight at once in a pool of at most 4 workers")
+		s := g.stats()
+		t.Logf("after the burst: workers %d, busy %d, queued %d, resizes %d; calls in flight %d", s.Workers, s.Busy, s.Queued, s.Resizes, g.calls.Cur())
+		assert.LessOrEqual(t, g.calls.Max(), int64(4), "calls in flight at once in a pool of at most 4 workers")
 		assert.LessOrEqual(t, s.Workers, 4, "workers of a pool of at most 4")
-		close(gate)
-		push.Close()
-		report, err := job.Wait()
-		require.NoError(t, err)
-		assert.EqualValues(t, submitted, report.Delivered)
-		requireBalanced(t, report)
+		g.finish(t)
 	})
 }

@@ -701,8 +701,8 @@ func (s *stepStore) Delete(ctx context.Context, ids ...string) error {
 // A panicking store fails the replay with an error that names the store, not the process.
 func TestReplayStoppedAtEveryStepLosesNothing(t *testing.T) {
 	const items = 6
-	for step := 0; step <= 2*(2*items+1)+1; step++ {
-		stopAt, panics := step/2, step%2 == 1
+	for i := range 2 * (2*items + 2) { // each stop, from the first operation to none, with an error and with a panic
+		stopAt, panics := i/2, i%2 == 1
 		t.Run(fmt.Sprintf("%d/panics=%v", stopAt, panics), func(t *testing.T) {
 			ctx := context.Background()
 			mem := dlq.NewMemory()

@@ -95,35 +95,33 @@ func (s ackedSource) Emit(_ context.Context, admit pipeline.Admit[int]) error {
 
 func benchSluiceHandOff(b *testing.B, workers, capacity int, acked bool) {
 	inc := func(_ context.Context, x int) (int, error) { return x + 1, nil }
-	{
-		sum := 0
-		flow := pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Input[int](),
-			stage.Map("a", inc, stage.Workers(workers), stage.Capacity(capacity))),
-			stage.Map("b", inc, stage.Workers(workers), stage.Capacity(capacity))),
-			stage.Map("c", inc, stage.Workers(workers), stage.Capacity(capacity))),
-			stage.Sink("sum", func(_ context.Context, x int) error { sum += x; return nil }, stage.Workers(1), stage.Capacity(capacity)))
-		p, err := pipeline.New("bench", flow, pipeline.WithDLQ(dlq.NewMemory()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		var before runtime.MemStats
-		runtime.ReadMemStats(&before)
-		b.ResetTimer()
-		var src pipeline.Source[int] = pipeline.FromSeq(count(b.N))
-		var acks atomic.Int64
-		if acked {
-			src = ackedSource{n: b.N, acked: &acks}
-		}
-		if _, err := p.Run(context.Background(), src); err != nil {
-			b.Fatal(err)
-		}
-		if want := b.N*(b.N-1)/2 + 3*b.N; sum != want {
-			b.Fatalf("sum %d, want %d", sum, want)
-		}
-		if acked && acks.Load() != int64(b.N) {
-			b.Fatalf("%d acks, want %d", acks.Load(), b.N)
-		}
-		reportPerItem(b, before)
+	sum := 0
+	flow := pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Input[int](),
+		stage.Map("a", inc, stage.Workers(workers), stage.Capacity(capacity))),
+		stage.Map("b", inc, stage.Workers(workers), stage.Capacity(capacity))),
+		stage.Map("c", inc, stage.Workers(workers), stage.Capacity(capacity))),
+		stage.Sink("sum", func(_ context.Context, x int) error { sum += x; return nil }, stage.Workers(1), stage.Capacity(capacity)))
+	p, err := pipeline.New("bench", flow, pipeline.WithDLQ(dlq.NewMemory()))
+	if err != nil {
+		b.Fatal(err)
 	}
+	b.ReportAllocs()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	b.ResetTimer()
+	var src pipeline.Source[int] = pipeline.FromSeq(count(b.N))
+	var acks atomic.Int64
+	if acked {
+		src = ackedSource{n: b.N, acked: &acks}
+	}
+	if _, err := p.Run(context.Background(), src); err != nil {
+		b.Fatal(err)
+	}
+	if want := b.N*(b.N-1)/2 + 3*b.N; sum != want {
+		b.Fatalf("sum %d, want %d", sum, want)
+	}
+	if acked && acks.Load() != int64(b.N) {
+		b.Fatalf("%d acks, want %d", acks.Load(), b.N)
+	}
+	reportPerItem(b, before)
 }

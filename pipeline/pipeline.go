@@ -671,16 +671,17 @@ func writeWithRetry(ctx context.Context, sink dlq.Sink, rec dlq.Record, p retry.
 // write is one write of rec to sink. A panic in the sink is a failed write (retried, then
 // passed on to the fallback), not a crash.
 func write(ctx context.Context, sink dlq.Sink, rec dlq.Record) error {
-	return protect(func() string { return fmt.Sprintf("dead-letter sink %T", sink) }, func() error { return sink.Write(ctx, rec) })
+	return protect("dead-letter sink", sink, func() error { return sink.Write(ctx, rec) })
 }
 
-// protect calls f and returns its error; a panic in f comes back as an error too, saying that
-// what (named by what()) panicked, with the panic's value and stack.
-func protect(what func() string, f func() error) (err error) {
+// protect calls f, a call of impl (a kind of user code: a sink, a store), and returns its
+// error; a panic in f comes back as an error too, naming the kind and impl's type, with the
+// panic's value and stack.
+func protect(kind string, impl any, f func() error) (err error) {
 	var c panics.Catcher
 	c.Try(func() { err = f() })
 	if p := c.Recovered(); p != nil {
-		err = fmt.Errorf("%s panicked: %v\n%s", what(), p.Value, p.Stack)
+		err = fmt.Errorf("%s %T panicked: %v\n%s", kind, impl, p.Value, p.Stack)
 	}
 	return err
 }

@@ -140,8 +140,7 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 					return // the record stays for a later replay
 				}
 				// A panic of the store is a failed delete, not a panic of the item's Ack.
-				err := protect(func() string { return fmt.Sprintf("store %T", store) },
-					func() error { return store.Delete(context.WithoutCancel(ctx), rec.ID) })
+				err := protect("store", store, func() error { return store.Delete(context.WithoutCancel(ctx), rec.ID) })
 				if err != nil {
 					r.fail(fmt.Errorf("pipeline: replay: removing record %s (item %s) from the store: %w", rec.ID, rec.CorrelationID, err))
 					return

@@ -208,13 +208,13 @@ const (
 
 // insert puts items in per policy. It returns how many went in; the items evicted (old queued
 // ones, or new ones), which the caller hands to Evict outside the lock; and stopped when stop1
-// or stop2 ended while it waited (items[n:] were not put in). If it has to wait for room, it
-// first calls beforeWait (if not nil; outside the lock, once) and says so in calledBack.
-func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}, beforeWait func()) (n int, evicted []Envelope[T], stopped, hurry, calledBack bool) {
+// or stop2 ended while it waited (items[n:] were not put in). Before each wait for room it
+// calls beforeWait, if not nil, outside the lock.
+func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}, beforeWait func()) (n int, evicted []Envelope[T], stopped, hurry bool) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		return 0, nil, false, false, false // the caller sees nothing went in (Offer: Closed)
+		return 0, nil, false, false // the caller sees nothing went in (Offer: Closed)
 	}
 	for len(items) > 0 {
 		if q.free > 0 {
@@ -225,11 +225,11 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 		switch policy {
 		case OverflowReject:
 			q.mu.Unlock()
-			return n, evicted, false, hurry, calledBack
+			return n, evicted, false, hurry
 		case OverflowDeadLetter:
 			evicted = append(evicted, items...)
 			q.mu.Unlock()
-			return n, evicted, false, hurry, calledBack
+			return n, evicted, false, hurry
 		case OverflowDropOldest:
 			if q.n > 0 {
 				evicted = append(evicted, q.ring[q.head])
@@ -247,8 +247,7 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 			q.dropWait++
 		}
 		q.mu.Unlock()
-		if beforeWait != nil && !calledBack {
-			calledBack = true
+		if beforeWait != nil {
 			beforeWait()
 		}
 		woken := false
@@ -268,11 +267,11 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 				signal(q.notFull)
 			}
 			q.mu.Unlock()
-			return n, evicted, true, hurry, calledBack
+			return n, evicted, true, hurry
 		}
 	}
 	q.mu.Unlock()
-	return n, evicted, false, hurry, calledBack
+	return n, evicted, false, hurry
 }
 
 func (q *Queue[T]) evict(items []Envelope[T]) {
@@ -288,16 +287,16 @@ func (q *Queue[T]) Push(stop <-chan struct{}, items []Envelope[T]) bool {
 	return q.PushWith(stop, items, nil, false)
 }
 
-// PushWith is Push, calling heldUp (if not nil, at most once) before it dead-letters or parks
-// items, which may take a while (a dead-letter sink's retries), and, if onWait, before it
-// waits for room.
+// PushWith is Push, calling heldUp (if not nil) before it dead-letters or parks items, which
+// may take a while (a dead-letter sink's retries), and, if onWait, before it waits for room.
+// heldUp may be called more than once: only the first call must do anything.
 func (q *Queue[T]) PushWith(stop <-chan struct{}, items []Envelope[T], heldUp func(), onWait bool) bool {
 	var beforeWait func()
 	if onWait {
 		beforeWait = heldUp
 	}
-	n, evicted, stopped, _, calledBack := q.insert(items, q.Policy, stop, nil, beforeWait)
-	if heldUp != nil && !calledBack && (len(evicted) > 0 || stopped) {
+	n, evicted, stopped, _ := q.insert(items, q.Policy, stop, nil, beforeWait)
+	if heldUp != nil && (len(evicted) > 0 || stopped) {
 		heldUp()
 	}
 	q.evict(evicted)
@@ -350,7 +349,7 @@ func (q *Queue[T]) Offer(e Envelope[T], policy Overflow, stop1, stop2 <-chan str
 		return Admitted
 	}
 	q.mu.Unlock()
-	n, evicted, stopped, hurry, _ := q.insert(one[:], policy, stop1, stop2, nil)
+	n, evicted, stopped, hurry := q.insert(one[:], policy, stop1, stop2, nil)
 	q.evict(evicted)
 	switch {
 	case n == 1:
