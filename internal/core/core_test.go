@@ -311,6 +311,53 @@ func TestQueueWakesAWaitingProducerWhenItsConsumersWait(t *testing.T) {
 	})
 }
 
+// A producer held up while many items are queued is woken once a batch of slots (slots/8) is
+// free, not for each one; once few items are queued, a single free slot wakes it.
+func TestQueueWakesAHeldUpProducerForABatchOfSlots(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := NewQueue[int](32, 1, Clock{Epoch: time.Now()}) // a batch of 4 slots
+		q.AddProducers(1)
+		first := make([]int, 32)
+		for i := range first {
+			first[i] = i
+		}
+		require.True(t, q.Push(nil, items(first...)))
+		done := make(chan bool)
+		go func() { done <- q.Push(nil, items(32, 33, 34, 35, 36, 37)) }()
+		synctest.Wait()
+		buf := make([]Envelope[int], 32)
+		n, _ := q.Pop(buf[:1], true, 0, nil, nil)
+		require.Equal(t, 1, n)
+		for range 3 {
+			n, _ = q.Pop(buf[:1], true, 1, nil, nil) // one slot back each time
+			require.Equal(t, 1, n)
+			synctest.Wait()
+		}
+		assert.Equal(t, 28, q.Len(), "3 free slots and 28 queued: the producer still waits")
+		n, _ = q.Pop(buf[:1], true, 1, nil, nil) // the fourth slot back
+		require.Equal(t, 1, n)
+		synctest.Wait()
+		assert.Equal(t, 27+4, q.Len(), "4 free slots: the producer put 4 items at once")
+
+		q.Release(1) // 1 free slot, 31 queued: the producer, with 2 items left, waits on
+		synctest.Wait()
+		assert.Equal(t, 31, q.Len())
+		n, _ = q.Pop(buf, false, 0, nil, nil) // takes all 31 queued, no slot back
+		require.Equal(t, 31, n)
+		synctest.Wait()
+		assert.Equal(t, 1, q.Len(), "the queue ran low: one free slot was enough")
+		select {
+		case <-done:
+			t.Fatal("the producer has a second item left and no free slot")
+		default:
+		}
+		q.Release(1)
+		assert.True(t, <-done)
+		q.Release(32) // what the consumer still holds: 38 pushed, 6 given back
+		q.ProducerDone()
+	})
+}
+
 // An item put into the empty queue while a consumer is on its way back to Pop (Returning) wakes
 // no waiting consumer: the returning one takes it. Once none is returning, puts wake again; and
 // Revoke wakes a waiting consumer for the items put while it was returning.

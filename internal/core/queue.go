@@ -19,6 +19,7 @@ type Queue[T any] struct {
 	head     int
 	n        int // queued
 	free     int // free slots
+	batch    int // the free slots a held-up producer waits for while items are queued (see producerDue)
 	closed   bool
 	consWait int
 	prodWait int
@@ -54,6 +55,7 @@ func NewQueue[T any](slots, consumers int, clock Clock) *Queue[T] {
 	return &Queue[T]{
 		ring:      make([]Envelope[T], slots),
 		free:      slots,
+		batch:     max(1, slots/8),
 		notEmpty:  make(chan struct{}, 1),
 		notFull:   make(chan struct{}, 1),
 		consumers: max(consumers, 1),
@@ -68,10 +70,17 @@ func signal(c chan struct{}) {
 	}
 }
 
-// producerDue says whether a waiting producer is to be woken: when a slot is free, or, for a
-// drop-oldest producer, as soon as an item is queued (it can evict it). The caller holds the lock.
+// producerDue says whether a waiting producer is to be woken: when q.batch slots are free, or
+// when one is and few items are queued; or, for a drop-oldest producer, as soon as an item is
+// queued (it can evict it). The caller holds the lock.
+//
+// Waiting for a batch of free slots while many items are queued wakes a held-up producer once
+// per batch rather than once per item, and costs no item anything: the producer's items could
+// not be served before the queued ones anyway, and the consumers have those to take meanwhile.
+// Where that saves most is a slow stage with many workers behind a fast one (an I/O-bound
+// stage): there, every wake-up's CPU time delays the sleepers' timers (see bench/README.md).
 func (q *Queue[T]) producerDue() bool {
-	return q.prodWait > 0 && (q.free > 0 || q.dropWait > 0)
+	return q.prodWait > 0 && (q.free >= q.batch || (q.free > 0 && q.n <= q.batch) || q.dropWait > 0)
 }
 
 // ended says whether consumers have seen the end of the input: the queue is closed and empty
@@ -490,6 +499,9 @@ func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-cha
 	q.n -= k
 	if (q.n > 0 || q.ended()) && q.consWait > 0 {
 		signal(q.notEmpty)
+	}
+	if q.producerDue() {
+		signal(q.notFull) // few items left queued: a producer waiting for a batch of slots goes now
 	}
 	q.mu.Unlock()
 	return k, true
