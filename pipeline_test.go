@@ -1002,6 +1002,26 @@ func TestQueueWaitAndWorkLatency(t *testing.T) {
 	})
 }
 
+// A stage's latencies count every worker's items: its workers record into shared shards (one
+// per processor at most), and Stats adds them all up.
+func TestLatencyCountsEveryWorkersItems(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		slow := stage.Map("slow", func(_ context.Context, n int) (int, error) {
+			time.Sleep(10 * time.Millisecond)
+			return n, nil
+		}, stage.Workers(8), stage.Capacity(16))
+		p, err := pipeline.New("lat", pipeline.Then(pipeline.Input[int](), slow))
+		require.NoError(t, err)
+		in := make([]int, 40)
+		report, err := p.Run(context.Background(), pipeline.FromSlice(in))
+		require.NoError(t, err)
+		s := report.Stages[0]
+		assert.EqualValues(t, 40, s.Work.Count)
+		assert.EqualValues(t, 40, s.Wait.Count)
+		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Work.Max), 0.07)
+	})
+}
+
 // Logs go through the logger option, with the item's correlation ID, the stage and the
 // attempt; Stats gives the live numbers while the run goes on.
 func TestLogsAndLiveStats(t *testing.T) {

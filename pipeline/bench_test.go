@@ -125,3 +125,29 @@ func benchSluiceHandOff(b *testing.B, workers, capacity int, acked bool) {
 	}
 	reportPerItem(b, before)
 }
+
+// BenchmarkShortRun is the fixed cost of a run, what a service that runs a pipeline per request
+// pays each time: one op is one run of 64 items through the I/O shape's stages (4, 64 and 4
+// workers, inputs of 64) into a one-worker sink, with a memory DLQ; the pipeline is built once.
+func BenchmarkShortRun(b *testing.B) {
+	inc := func(_ context.Context, x int) (int, error) { return x + 1, nil }
+	st := func(name string, workers int) *stage.Stage[int, int] {
+		return stage.Map(name, inc, stage.Workers(workers), stage.Capacity(64))
+	}
+	var sum atomic.Int64
+	sink := stage.Sink("sink", func(_ context.Context, x int) error { sum.Add(int64(x)); return nil },
+		stage.Workers(1), stage.Capacity(64))
+	flow := pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Input[int](),
+		st("s1", 4)), st("s2", 64)), st("s3", 4)), sink)
+	p, err := pipeline.New("short", flow, pipeline.WithDLQ(dlq.NewMemory()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		rep, err := p.Run(context.Background(), pipeline.FromSeq(count(64)))
+		if err != nil || rep.Delivered != 64 {
+			b.Fatalf("delivered %d of 64: %v", rep.Delivered, err)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -51,13 +52,22 @@ type Runner[In, Out any] struct {
 	done    chan struct{}
 	mu      sync.Mutex
 	workers []*worker[In, Out]
-	retired []*worker[In, Out] // abandoned workers, kept for their counters and histograms
+	retired []*worker[In, Out] // abandoned workers, kept for their counters
 	inline  []*worker[In, Out] // workers lent to callers that run the stage themselves
 	free    []*worker[In, Out] // the inline workers not in use
 	live    int                // pool workers that have not exited (under mu)
 	stats   counters
 	resizes atomic.Int64
+	// timings are the queue waits and work times the workers record (one item in
+	// core.SampleEvery when the stage is fast), in one shard per processor at most: a worker
+	// records into the shard it was given (see newWorker), so few write to each, and a worker
+	// stays small (a shard is 8 KiB).
+	timings []timings
+	made    atomic.Int64 // workers made, to deal them the shards
 }
+
+// timings is one shard of a stage's latency histograms.
+type timings struct{ wait, work hist.Hist }
 
 // Slots returns how many items the stage holds at most, queued or in its workers' hands:
 // its capacity plus one item per worker (one batch per worker for a batch stage).
@@ -77,6 +87,8 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 		grace:  s.cfg.grace,
 		done:   make(chan struct{}),
 		take:   maxTake,
+		// (workers is the largest pool size of an autoscaled stage)
+		timings: make([]timings, max(1, min(s.cfg.workers, runtime.GOMAXPROCS(0)))),
 	}
 	if s.kind == KindBatch {
 		r.take = s.size
@@ -198,7 +210,6 @@ func (r *Runner[In, Out]) Stats() Stats {
 			st.DeadLettered += n
 		}
 	}
-	var wait, work hist.Snapshot
 	add := func(w *worker[In, Out]) {
 		st.In += w.c.in.Load()
 		st.Out += w.c.out.Load()
@@ -206,8 +217,6 @@ func (r *Runner[In, Out]) Stats() Stats {
 		st.Filtered += w.c.filtered.Load()
 		st.Attempts += w.c.attempts.Load()
 		st.Retries += w.c.retries.Load()
-		wait.Add(&w.waitH)
-		work.Add(&w.workH)
 	}
 	r.mu.Lock()
 	st.Workers = len(r.workers)
@@ -226,6 +235,11 @@ func (r *Runner[In, Out]) Stats() Stats {
 		add(w)
 	}
 	r.mu.Unlock()
+	var wait, work hist.Snapshot
+	for i := range r.timings {
+		wait.Add(&r.timings[i].wait)
+		work.Add(&r.timings[i].work)
+	}
 	st.Wait, st.Work = latency(&wait), latency(&work)
 	return st
 }
@@ -298,8 +312,7 @@ type worker[In, Out any] struct {
 	startNs atomic.Int64
 	gen     uint64
 	watch   *time.Timer
-	waitH   hist.Hist
-	workH   hist.Hist
+	t       *timings // the shard of the stage's histograms it records into
 	c       wcounters
 	lc      wlocal // counted per item, published to c per batch (see publish)
 	catch   *panics.Catcher
@@ -361,6 +374,7 @@ type pendingTiming struct {
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
 	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: core.SampleEvery - 1, catch: new(panics.Catcher)}
+	w.t = &r.timings[(r.made.Add(1)-1)%int64(len(r.timings))]
 	if r.next != nil && r.s.kind != KindBatch {
 		w.out = make([]core.Envelope[Out], 0, r.take)
 	}
@@ -578,7 +592,7 @@ func (w *worker[In, Out]) quick() {
 				now = r.env.Clock.Now()
 			}
 			wait := time.Duration(now - e.M.Enqueued)
-			w.waitH.Record(wait)
+			w.t.wait.Record(wait)
 			r.tel.RecordWait(w.ctx, wait)
 		}
 		w.info.set(&e.M, 1, maxAttempts)
@@ -789,7 +803,7 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 		nw.retiring = true
 		close(nw.quit)
 	}
-	r.retired = append(r.retired, w) // kept for its counters and histograms
+	r.retired = append(r.retired, w) // kept for its counters
 	r.mu.Unlock()
 	go nw.run()
 }
@@ -1012,10 +1026,10 @@ func (w *worker[In, Out]) judge(start int64) (d time.Duration, changed bool) {
 	return d, changed
 }
 
-// recordTiming makes a work time visible: the worker's histogram and counters, the metric, and
-// (if the verdict changed) how the stage's queue stamps its items.
+// recordTiming makes a work time visible: the stage's histogram, the worker's counters, the
+// metric, and (if the verdict changed) how the stage's queue stamps its items.
 func (w *worker[In, Out]) recordTiming(ctx context.Context, d time.Duration, changed bool, outcome string, err error) {
-	w.workH.Record(d)
+	w.t.work.Record(d)
 	inc(&w.c.workNs, int64(d))
 	inc(&w.c.timed, 1)
 	if changed {
@@ -1063,7 +1077,7 @@ func (w *worker[In, Out]) handle(i int, done *error) bool {
 			now = r.env.Clock.Now()
 		}
 		wait = time.Duration(now - e.M.Enqueued)
-		w.waitH.Record(wait)
+		w.t.wait.Record(wait)
 		r.tel.RecordWait(w.ctx, wait)
 	}
 	base, span := w.ctx, trace.Span(nil)
@@ -1294,7 +1308,7 @@ func (w *worker[In, Out]) runBatch() bool {
 		inc(&w.c.in, int64(len(items)))
 		for _, e := range items {
 			wait := time.Duration(w.takenAt - e.M.Enqueued)
-			w.waitH.Record(wait)
+			w.t.wait.Record(wait)
 			r.tel.RecordWait(w.ctx, wait)
 		}
 		if !w.handleBatch(items) {

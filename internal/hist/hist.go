@@ -1,6 +1,7 @@
 // Package hist is a log-linear histogram of durations: eight buckets per power of two, so a
-// quantile is known to within about 6%. Each histogram has one writer (a worker) and any
-// number of readers, which merge several histograms before reading quantiles.
+// quantile is known to within about 6%. A histogram takes any number of concurrent writers (a
+// few of a stage's workers share one) and readers, which may merge several before reading
+// quantiles.
 package hist
 
 import (
@@ -16,7 +17,7 @@ const (
 	Buckets = sub + (64-subBits)*sub
 )
 
-// Hist counts durations. The zero value is ready; Record must not be called concurrently.
+// Hist counts durations. The zero value is ready; Record may be called concurrently.
 type Hist struct {
 	counts [Buckets]atomic.Uint64
 }
@@ -46,8 +47,7 @@ func (h *Hist) Record(d time.Duration) {
 	if d < 0 {
 		d = 0
 	}
-	c := &h.counts[index(uint64(d))]
-	c.Store(c.Load() + 1) // one writer: no read-modify-write race
+	h.counts[index(uint64(d))].Add(1)
 }
 
 // Snapshot is a merged copy of histograms.

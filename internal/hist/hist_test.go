@@ -3,6 +3,7 @@ package hist
 import (
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,4 +59,21 @@ func TestQuantiles(t *testing.T) {
 func TestRecordDoesNotAllocate(t *testing.T) {
 	var h Hist
 	assert.Zero(t, testing.AllocsPerRun(100, func() { h.Record(time.Millisecond) }))
+}
+
+// Concurrent writers lose no count.
+func TestConcurrentRecords(t *testing.T) {
+	var h Hist
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 20000 {
+				h.Record(time.Microsecond)
+			}
+		})
+	}
+	wg.Wait()
+	var s Snapshot
+	s.Add(&h)
+	assert.EqualValues(t, 8*20000, s.Count())
 }
