@@ -981,42 +981,31 @@ func TestAckPanicFailsTheSourceNotTheProcess(t *testing.T) {
 }
 
 // Each stage reports how long items waited in its input and how long the work took, so a
-// slow stage shows as work and the stages behind it as waiting.
+// slow stage shows as work and the stages behind it as waiting. The figures count every
+// worker's items (its workers record into shards, one per processor at most, that Stats adds up).
 func TestQueueWaitAndWorkLatency(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	run := func(t *testing.T, workers, capacity, items int) stage.Stats {
 		slow := stage.Map("slow", func(_ context.Context, n int) (int, error) {
 			time.Sleep(10 * time.Millisecond)
 			return n, nil
-		}, stage.Workers(1), stage.Capacity(10))
+		}, stage.Workers(workers), stage.Capacity(capacity))
 		p, err := pipeline.New("lat", pipeline.Then(pipeline.Input[int](), slow))
 		require.NoError(t, err)
-		report, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3, 4}))
+		report, err := p.Run(context.Background(), pipeline.FromSlice(make([]int, items)))
 		require.NoError(t, err)
-		s := report.Stages[0]
+		return report.Stages[0]
+	}
+	synctest.Test(t, func(t *testing.T) {
+		s := run(t, 1, 10, 4)
 		assert.EqualValues(t, 4, s.Work.Count)
 		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Work.P50), 0.07)
 		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Work.P99), 0.07)
 		assert.EqualValues(t, 4, s.Wait.Count)
 		assert.InEpsilon(t, float64(30*time.Millisecond), float64(s.Wait.Max), 0.07, "the 4th item waited for 3 others")
 		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Wait.P50), 0.07)
-	})
-}
 
-// A stage's latencies count every worker's items: its workers record into shared shards (one
-// per processor at most), and Stats adds them all up.
-func TestLatencyCountsEveryWorkersItems(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		slow := stage.Map("slow", func(_ context.Context, n int) (int, error) {
-			time.Sleep(10 * time.Millisecond)
-			return n, nil
-		}, stage.Workers(8), stage.Capacity(16))
-		p, err := pipeline.New("lat", pipeline.Then(pipeline.Input[int](), slow))
-		require.NoError(t, err)
-		in := make([]int, 40)
-		report, err := p.Run(context.Background(), pipeline.FromSlice(in))
-		require.NoError(t, err)
-		s := report.Stages[0]
-		assert.EqualValues(t, 40, s.Work.Count)
+		s = run(t, 8, 16, 40)
+		assert.EqualValues(t, 40, s.Work.Count, "every worker's items")
 		assert.EqualValues(t, 40, s.Wait.Count)
 		assert.InEpsilon(t, float64(10*time.Millisecond), float64(s.Work.Max), 0.07)
 	})
