@@ -72,6 +72,9 @@ func BenchmarkAttempt(b *testing.B) {
 			next.AddProducers(1)
 			r := c.st.Bind(env, next)
 			w := r.newWorker()
+			for len(w.buf) < maxTake {
+				w.grow() // as a busy worker's pops grow it
+			}
 			outs := make([]core.Envelope[int], maxTake)
 			defer func() {
 				if w.watch != nil {

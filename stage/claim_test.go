@@ -61,20 +61,30 @@ func TestAbandonedClaimParksTheWholeBatch(t *testing.T) {
 		r := Map("m", fn, Workers(1), Capacity(16), Grace(10*time.Millisecond)).Bind(env, next)
 		r.AddProducers(1)
 		r.Start()
-		// The worker's first item is timed (fast), so its calls are known to be fast after it.
-		require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: 100, M: core.Meta{Seq: 100, Weight: 1}}}))
-		synctest.Wait()
-		require.EqualValues(t, 1, next.Pushed())
+		// The worker's first item is timed (fast), so its calls are known to be fast after it;
+		// pops of 2, 4 and 8 items grow its buffers to 16 (see grow).
+		var warm []int
+		for _, n := range []int{2, 4, 8} {
+			batch := make([]core.Envelope[int], n)
+			for i := range batch {
+				v := 100 + len(warm)
+				warm = append(warm, v)
+				batch[i] = core.Envelope[int]{V: v, M: core.Meta{Seq: uint64(v), Weight: 1}}
+			}
+			require.True(t, r.Input().Push(nil, batch))
+			synctest.Wait()
+		}
+		require.EqualValues(t, 14, next.Pushed())
 		st := drainWhileHung(t, r, h, cancel) // the worker takes all ten at once, and claims them
-		assert.Equal(t, []int{100, 1, 2, 3, 4, 5}, h.called)
+		assert.Equal(t, append(warm, 1, 2, 3, 4, 5), h.called)
 		assert.ElementsMatch(t, []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, parked(), "the whole batch is parked")
 		assert.EqualValues(t, 1, st.Abandoned)
-		assert.EqualValues(t, 11, st.In)
+		assert.EqualValues(t, 24, st.In)
 		assert.EqualValues(t, 10, st.DeadLetters[dlq.ReasonShutdown])
-		assert.EqualValues(t, 1, st.Succeeded, "only the first item left the stage")
-		assert.EqualValues(t, 1, st.Out)
-		assert.EqualValues(t, 1, st.Attempts, "the calls of parked items are not counted")
-		assert.EqualValues(t, 1, next.Pushed(), "nothing of the batch went on")
+		assert.EqualValues(t, 14, st.Succeeded, "only the warm-up items left the stage")
+		assert.EqualValues(t, 14, st.Out)
+		assert.EqualValues(t, 14, st.Attempts, "the calls of parked items are not counted")
+		assert.EqualValues(t, 14, next.Pushed(), "nothing of the batch went on")
 	})
 }
 

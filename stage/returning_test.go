@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -95,4 +96,47 @@ func start(t *testing.T, r *Runner[int, int]) (push func(v int)) {
 	return func(v int) {
 		require.True(t, r.Input().Push(nil, []core.Envelope[int]{{V: v, M: core.Meta{Seq: uint64(v), Weight: 1}}}))
 	}
+}
+
+// A worker's buffers start at two items and double, up to the stage's take, each time a pop
+// fills them: a busy fast worker soon moves items in full batches, while the workers of a slow
+// stage that take one item at a time keep buffers of two.
+func TestWorkerBuffersGrowWithWhatItsPopsTake(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		env := benchEnv()
+		fast := Map("fast", func(_ context.Context, n int) (int, error) { return n, nil }, Workers(1), Capacity(2*maxTake))
+		r := fast.Bind(env, nil)
+		r.AddProducers(1)
+		in := make([]core.Envelope[int], 2*maxTake)
+		for i := range in {
+			in[i] = core.Envelope[int]{V: i, M: core.Meta{Seq: uint64(i), Weight: 1}}
+		}
+		require.True(t, r.Input().Push(nil, in)) // queued before the worker starts
+		r.Start()
+		r.ProducerDone()
+		<-r.Done()
+		require.Len(t, r.workers, 1)
+		assert.Len(t, r.workers[0].buf, maxTake, "pops of 2, 4, 8, 16, 32 (62 items), then 2")
+
+		slow := Map("slow", func(_ context.Context, n int) (int, error) {
+			time.Sleep(time.Millisecond)
+			return n, nil
+		}, Workers(4), Capacity(4))
+		r = slow.Bind(env, nil)
+		push := start(t, r)
+		for i := range 12 {
+			push(i) // the four workers, one item each
+			if i%4 == 3 {
+				synctest.Wait()
+				time.Sleep(time.Millisecond)
+				synctest.Wait()
+			}
+		}
+		r.ProducerDone()
+		<-r.Done()
+		assert.EqualValues(t, 12, r.Stats().Succeeded)
+		for _, w := range r.workers {
+			assert.Len(t, w.buf, 2)
+		}
+	})
 }

@@ -373,10 +373,14 @@ type pendingTiming struct {
 }
 
 func (r *Runner[In, Out]) newWorker() *worker[In, Out] {
-	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], r.take), seq: core.SampleEvery - 1, catch: new(panics.Catcher)}
+	n := r.take
+	if r.s.kind != KindBatch {
+		n = min(2, n) // it grows as pops fill it (see grow)
+	}
+	w := &worker[In, Out]{r: r, buf: make([]core.Envelope[In], n), seq: core.SampleEvery - 1, catch: new(panics.Catcher)}
 	w.t = &r.timings[(r.made.Add(1)-1)%int64(len(r.timings))]
 	if r.next != nil && r.s.kind != KindBatch {
-		w.out = make([]core.Envelope[Out], 0, r.take)
+		w.out = make([]core.Envelope[Out], 0, n)
 	}
 	w.info.stage, w.info.prefix = r.s.name, r.env.Prefix
 	w.heldUp = func() {
@@ -475,8 +479,22 @@ func (w *worker[In, Out]) run() {
 			return // abandoned: the abandoner took over this worker's duties
 		}
 		release = w.k // less than k if the worker gave items back (see giveBack)
+		if k == len(w.buf) && k < r.take {
+			w.grow()
+		}
 	}
 	r.exit(w)
+}
+
+// grow doubles the worker's buffers, up to the stage's take, after a pop filled them (the
+// worker is between batches: they are empty). A worker whose calls are slow takes its share of
+// the queue, often one item, and never needs more, so a pool of many slow workers stays small.
+func (w *worker[In, Out]) grow() {
+	n := min(2*len(w.buf), w.r.take)
+	w.buf = make([]core.Envelope[In], n)
+	if w.out != nil {
+		w.out = make([]core.Envelope[Out], 0, n)
+	}
 }
 
 // work processes buf[from:k], then pushes the outputs on; false means the worker was
