@@ -982,7 +982,7 @@ func TestAckPanicFailsTheSourceNotTheProcess(t *testing.T) {
 
 // Each stage reports how long items waited in its input and how long the work took, so a
 // slow stage shows as work and the stages behind it as waiting. The figures count every
-// worker's items (its workers record into shards, one per processor at most, that Stats adds up).
+// worker's items (its workers record into shards that Stats adds up).
 func TestQueueWaitAndWorkLatency(t *testing.T) {
 	run := func(t *testing.T, workers, capacity, items int) stage.Stats {
 		slow := stage.Map("slow", func(_ context.Context, n int) (int, error) {

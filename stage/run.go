@@ -59,9 +59,11 @@ type Runner[In, Out any] struct {
 	stats   counters
 	resizes atomic.Int64
 	// timings are the queue waits and work times the workers record (one item in
-	// core.SampleEvery when the stage is fast), in one shard per processor at most: a worker
-	// records into the shard it was given (see newWorker), so few write to each, and a worker
-	// stays small (a shard is 8 KiB).
+	// core.SampleEvery when the stage is fast), in shards: a worker records into the one it was
+	// given (see newWorker). There is one per worker up to four per processor, so that two
+	// workers running at once seldom write to the same one (its cache lines would move between
+	// processors on every record), and a pool of many more workers than processors (a slow
+	// stage's) does not pay 8 KiB a worker.
 	timings []timings
 	made    atomic.Int64 // workers made, to deal them the shards
 }
@@ -88,7 +90,7 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 		done:   make(chan struct{}),
 		take:   maxTake,
 		// (workers is the largest pool size of an autoscaled stage)
-		timings: make([]timings, max(1, min(s.cfg.workers, runtime.GOMAXPROCS(0)))),
+		timings: make([]timings, max(1, min(s.cfg.workers, 4*runtime.GOMAXPROCS(0)))),
 	}
 	if s.kind == KindBatch {
 		r.take = s.size
