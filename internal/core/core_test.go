@@ -1,6 +1,8 @@
 package core
 
 import (
+	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -354,6 +356,60 @@ func TestQueueWakesAHeldUpProducerForABatchOfSlots(t *testing.T) {
 		q.Release(1)
 		assert.True(t, <-done)
 		q.Release(32) // what the consumer still holds: 38 pushed, 6 given back
+		q.ProducerDone()
+	})
+}
+
+// While a producer waits for a batch of slots, blocking pushes that come after it queue behind
+// it rather than take each slot as it is freed: a stream of them, one per freed slot, would
+// otherwise keep it waiting for as long as it lasts. Once room is due, the held-up producers
+// take the free slots in turn, even if a push that came meanwhile took one first.
+func TestQueueLaterPushesDoNotOvertakeAHeldUpProducer(t *testing.T) {
+	// One processor: a woken goroutine runs only once this one blocks, so that the push that
+	// comes as room is due (7) surely goes before the producer woken for it.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	synctest.Test(t, func(t *testing.T) {
+		q := NewQueue[int](64, 1, Clock{Epoch: time.Now()}) // a batch of 8 slots
+		q.AddProducers(1)
+		require.True(t, q.Push(nil, make([]Envelope[int], 64)))
+		var mu sync.Mutex
+		var order []int
+		offer := func(v int) {
+			assert.Equal(t, Admitted, q.Offer(Envelope[int]{V: v}, OverflowBlock, nil, nil))
+			mu.Lock()
+			order = append(order, v)
+			mu.Unlock()
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() { offer(-1) }) // held up: no free slot
+		synctest.Wait()
+		buf := make([]Envelope[int], 1)
+		admitted := func() []int {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Clone(order)
+		}
+		for i := range 7 {
+			n, _ := q.Pop(buf, true, 0, nil, nil)
+			require.Equal(t, 1, n)
+			q.Release(1) // one slot back, 64-i-1 items queued
+			wg.Go(func() { offer(i) })
+			synctest.Wait()
+		}
+		assert.Empty(t, admitted(), "7 free slots: no later push took one")
+		n, _ := q.Pop(buf, true, 0, nil, nil)
+		require.Equal(t, 1, n)
+		q.Release(1) // 8 free: room is due
+		offer(7)     // takes a slot now, before the woken producer runs: room is due
+		synctest.Wait()
+		got := admitted()
+		require.Len(t, got, 8, "the 8 free slots taken")
+		held := slices.DeleteFunc(slices.Clone(got), func(v int) bool { return v == 7 })
+		assert.Equal(t, []int{-1, 0, 1, 2, 3, 4, 5, 6}[:len(held)], held,
+			"the held-up producers in the order they came (7 came as room was due)")
+		q.Release(8) // room for the last
+		wg.Wait()
+		q.Release(57) // 73 pushed, 16 given back
 		q.ProducerDone()
 	})
 }

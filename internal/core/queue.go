@@ -23,7 +23,8 @@ type Queue[T any] struct {
 	closed   bool
 	consWait int
 	prodWait int
-	dropWait int // producers waiting under drop-oldest: they can go as soon as an item is queued
+	dropWait int  // producers waiting under drop-oldest: they can go as soon as an item is queued
+	waking   bool // a held-up producer is woken and has not run yet (see wakeProducer)
 	notEmpty chan struct{}
 	notFull  chan struct{}
 
@@ -70,17 +71,51 @@ func signal(c chan struct{}) {
 	}
 }
 
-// producerDue says whether a waiting producer is to be woken: when q.batch slots are free, or
-// when one is and few items are queued; or, for a drop-oldest producer, as soon as an item is
-// queued (it can evict it). The caller holds the lock.
+// producerDue says whether a consumer (a release, a pop) is to wake a held-up producer: when
+// room is due (see roomDue), or, for a drop-oldest producer, as soon as an item is queued (it
+// can evict it). The caller holds the lock.
+func (q *Queue[T]) producerDue() bool {
+	return q.prodWait > 0 && (q.roomDue() || q.dropWait > 0)
+}
+
+// wakeProducer wakes one held-up producer, unless one is woken already and has not run yet:
+// held-up producers are woken one at a time, each by the one before it (see batonDue), so that
+// they take the free slots in the order they came, not the last woken first (the runtime runs a
+// goroutine just woken before those woken earlier). The caller holds the lock.
+func (q *Queue[T]) wakeProducer() {
+	if !q.waking {
+		q.waking = true
+		signal(q.notFull)
+	}
+}
+
+// batonDue says whether a producer that put items, or gave up waiting, is to wake the next
+// held-up one: while a slot is free (or, for a drop-oldest producer, an item is queued). Once
+// woken for room, the held-up producers take the free slots in turn, down to the last. The
+// caller holds the lock.
+func (q *Queue[T]) batonDue() bool {
+	return q.prodWait > 0 && (q.free > 0 || q.dropWait > 0)
+}
+
+// roomDue says whether producers held up for room are to have it: q.batch slots are free, or
+// one is and few items are queued. The caller holds the lock.
 //
 // Waiting for a batch of free slots while many items are queued wakes a held-up producer once
 // per batch rather than once per item, and costs no item anything: the producer's items could
 // not be served before the queued ones anyway, and the consumers have those to take meanwhile.
 // Where that saves most is a slow stage with many workers behind a fast one (an I/O-bound
 // stage): there, every wake-up's CPU time delays the sleepers' timers (see bench/README.md).
-func (q *Queue[T]) producerDue() bool {
-	return q.prodWait > 0 && (q.free >= q.batch || (q.free > 0 && q.n <= q.batch) || q.dropWait > 0)
+func (q *Queue[T]) roomDue() bool {
+	return q.free >= q.batch || (q.free > 0 && q.n <= q.batch)
+}
+
+// mayPut says whether a push under policy may take a free slot now. A blocking push that finds
+// producers held up for room queues behind them until room is due: otherwise pushes that keep
+// coming would take each slot as it is freed, and those producers would wait for as long as
+// they come. (A push that does not wait takes a free slot: it has no place in the queue.) The
+// caller holds the lock.
+func (q *Queue[T]) mayPut(policy Overflow) bool {
+	return q.free > 0 && (q.prodWait == 0 || policy != OverflowBlock || q.roomDue())
 }
 
 // ended says whether consumers have seen the end of the input: the queue is closed and empty
@@ -193,8 +228,8 @@ func (q *Queue[T]) put(items []Envelope[T]) (k int, hurry bool) {
 		signal(q.notEmpty)
 		hurry = time.Duration(q.gapAvg) > sparse
 	}
-	if q.producerDue() {
-		signal(q.notFull) // pass the baton to the next waiting producer
+	if q.batonDue() {
+		q.wakeProducer() // pass the baton to the next waiting producer
 	}
 	return k, hurry
 }
@@ -225,10 +260,11 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 		q.mu.Unlock()
 		return 0, nil, false, false // the caller sees nothing went in (Offer: Closed)
 	}
+	resumed := false // woken for room: it takes a free slot whatever mayPut says
 	for len(items) > 0 {
-		if q.free > 0 {
+		if q.free > 0 && (resumed || q.mayPut(policy)) {
 			k, w := q.put(items)
-			items, n, hurry = items[k:], n+k, hurry || w
+			items, n, hurry, resumed = items[k:], n+k, hurry || w, false
 			continue
 		}
 		switch policy {
@@ -262,18 +298,21 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 		woken := false
 		select {
 		case <-q.notFull:
-			woken = true
+			woken, resumed = true, true
 		case <-stop1:
 		case <-stop2:
 		}
 		q.mu.Lock()
 		q.prodWait--
+		if woken {
+			q.waking = false
+		}
 		if policy == OverflowDropOldest {
 			q.dropWait--
 		}
 		if !woken {
-			if q.producerDue() {
-				signal(q.notFull)
+			if q.batonDue() {
+				q.wakeProducer()
 			}
 			q.mu.Unlock()
 			return n, evicted, true, hurry
@@ -348,7 +387,7 @@ const (
 func (q *Queue[T]) Offer(e Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}) OfferResult {
 	one := [1]Envelope[T]{e}
 	q.mu.Lock()
-	if q.free > 0 && !q.closed {
+	if q.mayPut(policy) && !q.closed {
 		// The common case, without insert's loop and wait.
 		_, hurry := q.put(one[:])
 		q.mu.Unlock()
@@ -409,7 +448,7 @@ func (q *Queue[T]) Release(n int) {
 func (q *Queue[T]) release(n int) {
 	q.free += n
 	if q.producerDue() {
-		signal(q.notFull)
+		q.wakeProducer()
 	}
 	if q.consWait > 0 && q.ended() {
 		signal(q.notEmpty) // the last slot back: the waiting consumers see the end
@@ -501,7 +540,7 @@ func (q *Queue[T]) Pop(dst []Envelope[T], share bool, release int, timeout <-cha
 		signal(q.notEmpty)
 	}
 	if q.producerDue() {
-		signal(q.notFull) // few items left queued: a producer waiting for a batch of slots goes now
+		q.wakeProducer() // few items left queued: a producer waiting for a batch of slots goes now
 	}
 	q.mu.Unlock()
 	return k, true
