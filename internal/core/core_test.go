@@ -451,6 +451,7 @@ func TestQueueReturningConsumerTakesTheItem(t *testing.T) {
 		require.True(t, q.Push(nil, items(2)))
 		assert.Equal(t, 2, <-got, "none returning: the put wakes the waiting consumer")
 
+		synctest.Wait() // it waits again (it had sent 2 before it went back to Pop)
 		q.Returning()
 		require.True(t, q.Push(nil, items(3)))
 		synctest.Wait()
