@@ -278,19 +278,31 @@ func TestQueueOverflowPolicies(t *testing.T) {
 	assert.Equal(t, Evicted, q.Offer(Envelope[int]{V: 9}, OverflowDeadLetter, nil, nil))
 	assert.Equal(t, []int{3, 9}, *ev)
 
-	// Drop-oldest waits when every slot is held by a worker: there is nothing queued to drop.
-	synctest.Test(t, func(t *testing.T) {
-		q, ev := newQ(OverflowDropOldest)
+	// Drop-oldest waits when every slot is held by a worker: there is nothing queued to drop. It
+	// goes when a slot is given back, or when a worker gives an item back (Unpop): it drops that.
+	waiting := func(t *testing.T) (q *Queue[int], ev *[]int, held []Envelope[int], done chan bool) {
+		q, ev = newQ(OverflowDropOldest)
+		q.MayUnpop()
 		require.True(t, q.Push(nil, items(1, 2)))
-		buf := make([]Envelope[int], 2)
-		n, _ := q.Pop(buf, true, 0, nil, nil)
+		held = make([]Envelope[int], 2)
+		n, _ := q.Pop(held, true, 0, nil, nil)
 		require.Equal(t, 2, n)
-		done := make(chan bool)
+		done = make(chan bool)
 		go func() { done <- q.Push(nil, items(3)) }()
 		synctest.Wait()
 		assert.Empty(t, *ev)
+		return q, ev, held, done
+	}
+	synctest.Test(t, func(t *testing.T) {
+		q, _, _, done := waiting(t)
 		q.Release(1)
 		assert.True(t, <-done)
+	})
+	synctest.Test(t, func(t *testing.T) {
+		q, ev, held, done := waiting(t)
+		q.Unpop(held[1:2])
+		assert.True(t, <-done, "the waiting push dropped the item given back")
+		assert.Equal(t, []int{2}, *ev)
 	})
 }
 

@@ -432,6 +432,9 @@ func (q *Queue[T]) Unpop(items []Envelope[T]) {
 	if q.consWait > 0 {
 		signal(q.notEmpty)
 	}
+	if q.producerDue() {
+		q.wakeProducer() // a drop-oldest producer can evict one of them
+	}
 	q.mu.Unlock()
 }
 

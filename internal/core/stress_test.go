@@ -10,14 +10,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 )
 
 var (
 	stressSeed   = flag.Uint64("stress.seed", 0, "TestQueueRandomizedStress: the seed of the first round (0: from the clock); with -stress.rounds=1, replays one round")
 	stressRounds = flag.Int("stress.rounds", 0, "TestQueueRandomizedStress: how many rounds (0: the default)")
-	stressStrict = flag.Bool("stress.strict", false, "TestQueueRandomizedStress: also fail when a drop-oldest producer sleeps, no wake-up pending, while an item is queued it could evict (a known gap: see checkLocked)")
 )
 
 const (
@@ -139,7 +136,7 @@ func randomStressConfig(seed uint64) stressConfig {
 // and paths that matter were reached.
 type stressStats struct {
 	rounds, items, pushes, offers, pops, emptyPops, unpopped, parked, evicted, kept atomic.Int64
-	heldUp, queuedBehind, dropAsleep, consWaiting                                   atomic.Int64
+	heldUp, queuedBehind, consWaiting                                               atomic.Int64
 }
 
 type stressRound struct {
@@ -242,18 +239,9 @@ func (r *stressRound) checkLocked() {
 	if q.consWait > 0 {
 		r.st.consWaiting.Add(1)
 	}
-	// A drop-oldest producer sleeps, no wake-up pending, while an item is queued it could
-	// evict. Two known ways there: an Unpop into a queue whose every slot was held (Unpop wakes
-	// no producer), and a blocking producer woken for a slot that a non-blocking push took
-	// first: it finds none, waits again and does not pass the wake-up on (the non-blocking push's
-	// own baton pass was dropped because one was woken). Either lasts until the next Pop or
-	// Release; counted, and a failure only with -stress.strict.
-	if q.dropWait > 0 && q.n > 0 && !q.waking {
-		r.st.dropAsleep.Add(1)
-		if *stressStrict {
-			r.fail("a drop-oldest producer sleeps, none woken, while %d item(s) are queued it could evict (prodWait=%d dropWait=%d free=%d)", q.n, q.prodWait, q.dropWait, q.free)
-		}
-	}
+	// Not checked: a drop-oldest producer may sleep, none woken, while an item it could evict
+	// is queued, when a blocking producer woken for a slot that a non-blocking push took first
+	// waits again without passing the wake-up on. It lasts until the next Pop or Release.
 }
 
 func (r *stressRound) producer(i int) {
@@ -553,9 +541,8 @@ func runStressRound(cfg stressConfig, st *stressStats) (errs []string, hung stri
 // of 1..32 slots, and checks that every item pushed is consumed, parked, evicted or handed back
 // exactly once; that queued plus held items never exceed the slots; that no wake-up of a
 // held-up producer is lost; and that every round ends. Replay a failing round with the seed it
-// prints: -stress.seed=N -stress.rounds=1.
+// prints: -stress.seed=N -stress.rounds=1. (The package's TestMain checks that no goroutine leaks.)
 func TestQueueRandomizedStress(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	rounds := 1200 // about 6 s with -race on 2 cores
 	if testing.Short() {
 		rounds = 150
@@ -585,6 +572,15 @@ func TestQueueRandomizedStress(t *testing.T) {
 	t.Logf("%d rounds in %v: %d items, %d pushes, %d offers, %d pops (%d empty: cancelled or timed out), %d unpopped, %d parked, %d evicted, %d handed back",
 		st.rounds.Load(), time.Since(start).Round(time.Millisecond), st.items.Load(), st.pushes.Load(), st.offers.Load(), st.pops.Load(),
 		st.emptyPops.Load(), st.unpopped.Load(), st.parked.Load(), st.evicted.Load(), st.kept.Load())
-	t.Logf("checks that saw: producers held up %d (with a slot free, room not due: %d), consumers waiting %d; a drop-oldest producer asleep with an item queued %d",
-		st.heldUp.Load(), st.queuedBehind.Load(), st.consWaiting.Load(), st.dropAsleep.Load())
+	// The rounds reached the states that the checks are about.
+	for what, n := range map[string]int64{
+		"a producer held up": st.heldUp.Load(), "a blocking push queued behind held-up producers": st.queuedBehind.Load(),
+		"a consumer waiting": st.consWaiting.Load(), "an empty Pop (cancelled or timed out)": st.emptyPops.Load(),
+		"an Unpop": st.unpopped.Load(), "a parked item": st.parked.Load(), "an evicted item": st.evicted.Load(),
+		"an item handed back by Offer": st.kept.Load(),
+	} {
+		if n == 0 {
+			t.Errorf("no round saw %s", what)
+		}
+	}
 }
