@@ -304,6 +304,34 @@ func TestQueueOverflowPolicies(t *testing.T) {
 		assert.True(t, <-done, "the waiting push dropped the item given back")
 		assert.Equal(t, []int{2}, *ev)
 	})
+	// A blocking push woken for a slot that a push which does not wait took first passes the
+	// wake-up on to the drop-oldest one held up behind it, which drops that item.
+	synctest.Test(t, func(t *testing.T) {
+		q, ev := newQ(OverflowDropOldest)
+		require.True(t, q.Push(nil, items(1, 2)))
+		n, _ := q.Pop(make([]Envelope[int], 2), true, 0, nil, nil)
+		require.Equal(t, 2, n)
+		blocking := make(chan int)
+		go func() {
+			n, _, _, _ := q.insert(items(3), OverflowBlock, nil, nil, nil)
+			blocking <- n
+		}()
+		synctest.Wait() // the blocking push is first in line
+		done := make(chan bool)
+		go func() { done <- q.Push(nil, items(4)) }()
+		synctest.Wait()
+		// A slot comes back and wakes the blocking push; before it runs, a push that does not
+		// wait takes the slot (under the lock, so that nothing runs in between).
+		q.mu.Lock()
+		q.release(1)
+		q.put(items(5))
+		q.mu.Unlock()
+		assert.True(t, <-done, "the drop-oldest push dropped the item that took the slot")
+		assert.Equal(t, []int{5}, *ev)
+		q.Release(1)
+		assert.Equal(t, 1, <-blocking, "the blocking push goes at the next free slot")
+		assert.Equal(t, 2, q.Len())
+	})
 }
 
 // A consumer never waits for an item while a slot is free and a producer waits for it.

@@ -291,6 +291,14 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 		if policy == OverflowDropOldest {
 			q.dropWait++
 		}
+		if q.dropWait > 0 && q.n > 0 {
+			// A drop-oldest producer is held up and could evict a queued item: this one may have
+			// been woken for a slot that a push which does not wait took first, and must pass the
+			// wake-up on rather than keep it. (It is not itself that producer: one evicts instead
+			// of waiting while an item is queued.) Each producer woken in turn either goes or
+			// passes it on, so a drop-oldest one is reached.
+			q.wakeProducer()
+		}
 		q.mu.Unlock()
 		if beforeWait != nil {
 			beforeWait()

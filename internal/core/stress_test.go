@@ -239,9 +239,13 @@ func (r *stressRound) checkLocked() {
 	if q.consWait > 0 {
 		r.st.consWaiting.Add(1)
 	}
-	// Not checked: a drop-oldest producer may sleep, none woken, while an item it could evict
-	// is queued, when a blocking producer woken for a slot that a non-blocking push took first
-	// waits again without passing the wake-up on. It lasts until the next Pop or Release.
+	// The same for a drop-oldest producer, which can go as soon as an item is queued (it evicts
+	// it). Every change that queues one (a put, an Unpop) wakes a producer, and the woken one
+	// goes or, finding nothing to do (a push that does not wait took the slot it was woken
+	// for), passes the wake-up on before it waits again.
+	if q.dropWait > 0 && q.n > 0 && !q.waking {
+		r.fail("lost wake-up: %d drop-oldest producer(s) held up with %d item(s) queued, none woken", q.dropWait, q.n)
+	}
 }
 
 func (r *stressRound) producer(i int) {
