@@ -291,15 +291,22 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 		if policy == OverflowDropOldest {
 			q.dropWait++
 		}
-		if q.dropWait > 0 && q.n > 0 {
-			// A drop-oldest producer is held up and could evict a queued item: this one may have
-			// been woken for a slot that a push which does not wait took first, and must pass the
+		passed := false
+		if q.dropWait > 0 && q.n > 0 && !q.waking {
+			// A drop-oldest producer is held up and could evict a queued item: this one was
+			// woken for a slot that a push which does not wait took first, and must pass the
 			// wake-up on rather than keep it. (It is not itself that producer: one evicts instead
 			// of waiting while an item is queued.) Each producer woken in turn either goes or
 			// passes it on, so a drop-oldest one is reached.
 			q.wakeProducer()
+			passed = true
 		}
 		q.mu.Unlock()
+		if passed {
+			// Let the producer it is for get to its wait: if none is waiting yet, the wake-up
+			// stays pending, and this one would take it back at once, again and again.
+			runtime.Gosched()
+		}
 		if beforeWait != nil {
 			beforeWait()
 		}
