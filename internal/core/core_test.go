@@ -296,20 +296,24 @@ func TestQueueOverflowPolicies(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		q, _, _, done := waiting(t)
 		q.Release(1)
-		assert.True(t, <-done)
+		<-done
+		assert.Equal(t, 1, q.Len(), "the waiting push went in")
 	})
 	synctest.Test(t, func(t *testing.T) {
 		q, ev, held, done := waiting(t)
 		q.Unpop(held[1:2])
-		assert.True(t, <-done, "the waiting push dropped the item given back")
-		assert.Equal(t, []int{2}, *ev)
+		<-done
+		assert.Equal(t, []int{2}, *ev, "the waiting push dropped the item given back")
 	})
-	// A blocking push woken for a slot that a push which does not wait took first passes the
-	// wake-up on to the drop-oldest one held up behind it, which drops that item.
+	// A blocking push ahead of the drop-oldest one in line gets the wake-up for an item given
+	// back, and cannot go (no slot is free): it passes the wake-up on, and the drop-oldest push
+	// drops that item.
 	synctest.Test(t, func(t *testing.T) {
 		q, ev := newQ(OverflowDropOldest)
+		q.MayUnpop()
 		require.True(t, q.Push(nil, items(1, 2)))
-		n, _ := q.Pop(make([]Envelope[int], 2), true, 0, nil, nil)
+		held := make([]Envelope[int], 2)
+		n, _ := q.Pop(held, true, 0, nil, nil)
 		require.Equal(t, 2, n)
 		blocking := make(chan int)
 		go func() {
@@ -320,14 +324,9 @@ func TestQueueOverflowPolicies(t *testing.T) {
 		done := make(chan bool)
 		go func() { done <- q.Push(nil, items(4)) }()
 		synctest.Wait()
-		// A slot comes back and wakes the blocking push; before it runs, a push that does not
-		// wait takes the slot (under the lock, so that nothing runs in between).
-		q.mu.Lock()
-		q.release(1)
-		q.put(items(5))
-		q.mu.Unlock()
-		assert.True(t, <-done, "the drop-oldest push dropped the item that took the slot")
-		assert.Equal(t, []int{5}, *ev)
+		q.Unpop(held[1:2])
+		<-done
+		assert.Equal(t, []int{2}, *ev, "the drop-oldest push dropped the item given back")
 		q.Release(1)
 		assert.Equal(t, 1, <-blocking, "the blocking push goes at the next free slot")
 		assert.Equal(t, 2, q.Len())

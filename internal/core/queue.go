@@ -252,8 +252,8 @@ const (
 
 // insert puts items in per policy. It returns how many went in; the items evicted (old queued
 // ones, or new ones), which the caller hands to Evict outside the lock; and stopped when stop1
-// or stop2 ended while it waited (items[n:] were not put in). Before each wait for room it
-// calls beforeWait, if not nil, outside the lock.
+// or stop2 ended while it waited (items[n:] were not put in). Before it first waits for room
+// it calls beforeWait, if not nil, outside the lock.
 func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}, beforeWait func()) (n int, evicted []Envelope[T], stopped, hurry bool) {
 	q.mu.Lock()
 	if q.closed {
@@ -287,28 +287,38 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 				continue
 			}
 		}
+		if beforeWait != nil {
+			// Before this producer counts as waiting: a producer counted in dropWait is at its
+			// wait or a few instructions from it (see the pass-on below).
+			q.mu.Unlock()
+			beforeWait()
+			beforeWait = nil // (PushWith's heldUp does anything only once)
+			q.mu.Lock()
+			continue // the queue may have changed meanwhile
+		}
 		q.prodWait++
 		if policy == OverflowDropOldest {
 			q.dropWait++
 		}
 		passed := false
 		if q.dropWait > 0 && q.n > 0 && !q.waking {
-			// A drop-oldest producer is held up and could evict a queued item: this one was
-			// woken for a slot that a push which does not wait took first, and must pass the
-			// wake-up on rather than keep it. (It is not itself that producer: one evicts instead
-			// of waiting while an item is queued.) Each producer woken in turn either goes or
-			// passes it on, so a drop-oldest one is reached.
+			// A drop-oldest producer is held up and could evict a queued item, and none is
+			// woken: this one was, and cannot go. It was woken for a free slot that a push
+			// which does not wait took first, or it was ahead of the drop-oldest one in line
+			// when an item was queued (by Unpop, say). It passes the wake-up on rather than keep
+			// it. (It is not itself that producer: one evicts instead of waiting while an item
+			// is queued.) Each producer woken in turn either goes or passes it on, so the
+			// drop-oldest one is reached.
 			q.wakeProducer()
 			passed = true
 		}
 		q.mu.Unlock()
 		if passed {
-			// Let the producer it is for get to its wait: if none is waiting yet, the wake-up
-			// stays pending, and this one would take it back at once, again and again.
+			// Let the producer it is for reach its wait first. If it has not yet (it was just
+			// counted, or it gave up and has not taken the lock back), the wake-up stays
+			// pending and this one could take it back, again and again, until it does: a few
+			// instructions, and the yield lets it run if it shares this processor.
 			runtime.Gosched()
-		}
-		if beforeWait != nil {
-			beforeWait()
 		}
 		woken := false
 		select {

@@ -241,8 +241,9 @@ func (r *stressRound) checkLocked() {
 	}
 	// The same for a drop-oldest producer, which can go as soon as an item is queued (it evicts
 	// it). Every change that queues one (a put, an Unpop) wakes a producer, and the woken one
-	// goes or, finding nothing to do (a push that does not wait took the slot it was woken
-	// for), passes the wake-up on before it waits again.
+	// goes or, if it cannot (a blocking one with no free slot: a push that does not wait took
+	// the slot it was woken for, or it was ahead of the drop-oldest one in line), passes the
+	// wake-up on before it waits again.
 	if q.dropWait > 0 && q.n > 0 && !q.waking {
 		r.fail("lost wake-up: %d drop-oldest producer(s) held up with %d item(s) queued, none woken", q.dropWait, q.n)
 	}
