@@ -136,8 +136,8 @@ func benchIO(b *testing.B, build builder[int], sleep time.Duration, bound float6
 	b.ReportMetric(float64(sleep.Nanoseconds())/1e3, "sleep-us") // the measured sleep behind the bound
 	if cpuOK {
 		// The CPU time the whole process spent per item (user and system, every goroutine and
-		// the runtime's own): the variant's cost per item, which is what bound-% falls with, and
-		// far steadier from run to run than bound-% itself.
+		// the runtime's own): the variant's cost per item, which is what bound-% falls with,
+		// whatever the machine's timers did.
 		b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(items), "cpu-ns/item")
 	}
 	reportPerItem(b, items, allocs)
