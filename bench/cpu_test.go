@@ -37,9 +37,11 @@ func benchCPU(b *testing.B, build builder[int]) {
 	}
 	b.ReportAllocs()
 	m := startMallocs()
+	cpu0, cpuOK := processCPU()
 	b.ResetTimer()
 	err = run()
 	b.StopTimer()
+	cpu1, _ := processCPU()
 	allocs := m.since()
 	if err != nil {
 		b.Fatal(err)
@@ -48,4 +50,9 @@ func benchCPU(b *testing.B, build builder[int]) {
 		b.Fatalf("sum of %d items: got %d, want %d", n, sum, want)
 	}
 	reportPerItem(b, n, allocs)
+	if cpuOK {
+		// The CPU time of the whole process per item: against ns/item (wall time), how much of
+		// the two processors' time the variant used, and how much it left idle.
+		b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(n), "cpu-ns/item")
+	}
 }
