@@ -581,3 +581,35 @@ func TestQueueOrderAcrossTheRingsWrap(t *testing.T) {
 	q.Release(held)
 	q.ProducerDone()
 }
+
+// PushWith calls heldUp before it waits for room when asked to (onWait), once however often it
+// waits, and not at all when it does not wait or was not asked to.
+func TestQueuePushWithCallsHeldUpBeforeItWaits(t *testing.T) {
+	for _, onWait := range []bool{true, false} {
+		synctest.Test(t, func(t *testing.T) {
+			q := NewQueue[int](2, 1, Clock{Epoch: time.Now()})
+			var calls atomic.Int32
+			heldUp := func() { calls.Add(1) }
+			require.True(t, q.PushWith(nil, items(1, 2), heldUp, onWait))
+			assert.Zero(t, calls.Load(), "no wait, no call")
+			done := make(chan bool)
+			go func() { done <- q.PushWith(nil, items(3, 4, 5), heldUp, onWait) }()
+			synctest.Wait() // the push waits for room
+			want := int32(0)
+			if onWait {
+				want = 1
+			}
+			assert.Equal(t, want, calls.Load(), "called before the first wait (onWait %v)", onWait)
+			buf := make([]Envelope[int], 2)
+			n, _ := q.Pop(buf, false, 0, nil, nil)
+			q.Release(n)
+			synctest.Wait() // 3 and 4 went in; the push waits again, for 5
+			assert.Equal(t, 2, q.Len())
+			n, _ = q.Pop(buf, false, 0, nil, nil)
+			q.Release(n)
+			<-done
+			assert.Equal(t, want, calls.Load(), "called once however often the push waited")
+			assert.Equal(t, 1, q.Len())
+		})
+	}
+}
