@@ -36,23 +36,15 @@ func benchCPU(b *testing.B, build builder[int]) {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
-	m := startMallocs()
-	cpu0, cpuOK := processCPU()
+	start := readUsage()
 	b.ResetTimer()
 	err = run()
 	b.StopTimer()
-	cpu1, _ := processCPU()
-	allocs := m.since()
+	reportPerItem(b, n, start)
 	if err != nil {
 		b.Fatal(err)
 	}
 	if want := wantSum(n); sum != want {
 		b.Fatalf("sum of %d items: got %d, want %d", n, sum, want)
-	}
-	reportPerItem(b, n, allocs)
-	if cpuOK {
-		// The CPU time of the whole process per item: against ns/item (wall time), how much of
-		// the two processors' time the variant used, and how much it left idle.
-		b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(n), "cpu-ns/item")
 	}
 }

@@ -107,8 +107,7 @@ func benchIO(b *testing.B, build builder[int], sleep time.Duration, bound float6
 	b.ReportAllocs()
 	inRunSleep.Store(0)
 	inRunSleeps.Store(0)
-	m := startMallocs()
-	cpu0, cpuOK := processCPU()
+	start := readUsage()
 	b.ResetTimer()
 	for _, run := range runs {
 		if err := run(); err != nil {
@@ -116,14 +115,13 @@ func benchIO(b *testing.B, build builder[int], sleep time.Duration, bound float6
 		}
 	}
 	b.StopTimer()
-	cpu1, _ := processCPU()
-	allocs := m.since()
+	items := b.N * ioItems
+	reportPerItem(b, items, start)
 	for i, s := range sums {
 		if want := wantSum(ioItems); s != want {
 			b.Fatalf("run %d: sum %d, want %d", i, s, want)
 		}
 	}
-	items := b.N * ioItems
 	perSec := float64(items) / b.Elapsed().Seconds()
 	b.ReportMetric(perSec, "items/s")
 	b.ReportMetric(perSec/bound*100, "bound-%")
@@ -134,13 +132,6 @@ func benchIO(b *testing.B, build builder[int], sleep time.Duration, bound float6
 		b.ReportMetric(perSec/(float64(ioWorkers2)/inRun.Seconds())*100, "busy-%")
 	}
 	b.ReportMetric(float64(sleep.Nanoseconds())/1e3, "sleep-us") // the measured sleep behind the bound
-	if cpuOK {
-		// The CPU time the whole process spent per item (user and system, every goroutine and
-		// the runtime's own): the variant's cost per item, which is what bound-% falls with,
-		// whatever the machine's timers did.
-		b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(items), "cpu-ns/item")
-	}
-	reportPerItem(b, items, allocs)
 	if over {
 		b.Skip(why)
 	}

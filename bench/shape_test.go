@@ -68,26 +68,33 @@ func wantSum(n int) int64 {
 	return m*(m-1)/2 + 3*m
 }
 
-// mallocs counts heap allocations between start and stop (all goroutines, like
-// b.ReportAllocs, but reported per item).
-type mallocs struct{ before uint64 }
-
-func startMallocs() mallocs {
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return mallocs{m.Mallocs}
+// usage measures what the timed part of a benchmark cost, all goroutines together: heap
+// allocations (like b.ReportAllocs, but reported per item) and, where the platform tells, the
+// process's CPU time (user and system).
+type usage struct {
+	mallocs uint64
+	cpu     time.Duration
+	cpuOK   bool
 }
 
-func (a mallocs) since() uint64 {
+func readUsage() usage {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.Mallocs - a.before
+	cpu, ok := processCPU()
+	return usage{mallocs: m.Mallocs, cpu: cpu, cpuOK: ok}
 }
 
-// reportPerItem reports ns/item and allocs/item for items processed in the timed part.
-func reportPerItem(b *testing.B, items int, allocs uint64) {
+// reportPerItem reports, per item processed in the timed part since start: ns/item (wall time),
+// allocs/item and cpu-ns/item. cpu-ns/item against ns/item shows how much of the processors a
+// variant kept busy; in the I/O shape it is the cost per item that bound-% falls with, whatever
+// the machine's timers did.
+func reportPerItem(b *testing.B, items int, start usage) {
+	end := readUsage()
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(items), "ns/item")
-	b.ReportMetric(float64(allocs)/float64(items), "allocs/item")
+	b.ReportMetric(float64(end.mallocs-start.mallocs)/float64(items), "allocs/item")
+	if start.cpuOK && end.cpuOK {
+		b.ReportMetric(float64((end.cpu-start.cpu).Nanoseconds())/float64(items), "cpu-ns/item")
+	}
 }
 
 // plannedOps returns the b.N that -test.benchtime=Nx asks for, or 0 when the benchtime is a
