@@ -315,11 +315,8 @@ func TestQueueOverflowPolicies(t *testing.T) {
 		held := make([]Envelope[int], 2)
 		n, _ := q.Pop(held, true, 0, nil, nil)
 		require.Equal(t, 2, n)
-		blocking := make(chan int)
-		go func() {
-			n, _, _, _ := q.insert(items(3), OverflowBlock, nil, nil, nil)
-			blocking <- n
-		}()
+		blocking := make(chan OfferResult)
+		go func() { blocking <- q.Offer(Envelope[int]{V: 3}, OverflowBlock, nil, nil) }()
 		synctest.Wait() // the blocking push is first in line
 		done := make(chan bool)
 		go func() { done <- q.Push(nil, items(4)) }()
@@ -328,7 +325,7 @@ func TestQueueOverflowPolicies(t *testing.T) {
 		<-done
 		assert.Equal(t, []int{2}, *ev, "the drop-oldest push dropped the item given back")
 		q.Release(1)
-		assert.Equal(t, 1, <-blocking, "the blocking push goes at the next free slot")
+		assert.Equal(t, Admitted, <-blocking, "the blocking push goes at the next free slot")
 		assert.Equal(t, 2, q.Len())
 	})
 }

@@ -75,8 +75,12 @@ func signal(c chan struct{}) {
 // room is due (see roomDue), or, for a drop-oldest producer, as soon as an item is queued (it
 // can evict it). The caller holds the lock.
 func (q *Queue[T]) producerDue() bool {
-	return q.prodWait > 0 && (q.roomDue() || q.dropWait > 0)
+	return q.prodWait > 0 && (q.roomDue() || q.dropDue())
 }
+
+// dropDue says whether a held-up drop-oldest producer can go without a free slot: an item is
+// queued for it to evict. The caller holds the lock.
+func (q *Queue[T]) dropDue() bool { return q.dropWait > 0 && q.n > 0 }
 
 // wakeProducer wakes one held-up producer, unless one is woken already and has not run yet:
 // held-up producers are woken one at a time, each by the one before it (see batonDue), so that
@@ -94,7 +98,7 @@ func (q *Queue[T]) wakeProducer() {
 // woken for room, the held-up producers take the free slots in turn, down to the last. The
 // caller holds the lock.
 func (q *Queue[T]) batonDue() bool {
-	return q.prodWait > 0 && (q.free > 0 || q.dropWait > 0)
+	return q.prodWait > 0 && (q.free > 0 || q.dropDue())
 }
 
 // roomDue says whether producers held up for room are to have it: q.batch slots are free, or
@@ -300,17 +304,16 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 		if policy == OverflowDropOldest {
 			q.dropWait++
 		}
-		passed := false
-		if q.dropWait > 0 && q.n > 0 && !q.waking {
-			// A drop-oldest producer is held up and could evict a queued item, and none is
-			// woken: this one was, and cannot go. It was woken for a free slot that a push
-			// which does not wait took first, or it was ahead of the drop-oldest one in line
-			// when an item was queued (by Unpop, say). It passes the wake-up on rather than keep
-			// it. (It is not itself that producer: one evicts instead of waiting while an item
-			// is queued.) Each producer woken in turn either goes or passes it on, so the
-			// drop-oldest one is reached.
+		// A producer is due and none is woken: this one was, and cannot go. At this point that
+		// can only be a drop-oldest producer with an item to evict (room is not due, or this one
+		// would not wait; and it is not itself that producer, which evicts instead of waiting
+		// while an item is queued). It was woken for a free slot that a push which does not wait
+		// took first, or it was ahead of the drop-oldest one in line when an item was queued (by
+		// Unpop, say). It passes the wake-up on rather than keep it; each producer woken in turn
+		// goes or passes it on, so the drop-oldest one is reached.
+		passed := q.producerDue() && !q.waking
+		if passed {
 			q.wakeProducer()
-			passed = true
 		}
 		q.mu.Unlock()
 		if passed {

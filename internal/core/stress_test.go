@@ -244,7 +244,7 @@ func (r *stressRound) checkLocked() {
 	// goes or, if it cannot (a blocking one with no free slot: a push that does not wait took
 	// the slot it was woken for, or it was ahead of the drop-oldest one in line), passes the
 	// wake-up on before it waits again.
-	if q.dropWait > 0 && q.n > 0 && !q.waking {
+	if q.dropDue() && !q.waking {
 		r.fail("lost wake-up: %d drop-oldest producer(s) held up with %d item(s) queued, none woken", q.dropWait, q.n)
 	}
 }
