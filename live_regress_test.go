@@ -85,21 +85,76 @@ func TestCountsOfAnAbandonedLeanWorker(t *testing.T) {
 		assert.EqualValues(t, st.Succeeded, st.Out)
 		assert.EqualValues(t, st.Succeeded, st.Attempts, "the calls of the items that left the stage")
 		assert.LessOrEqual(t, len(delivered), 4)
-		recs, err := mem.Records(context.Background())
-		require.NoError(t, err)
-		parked := map[int]bool{}
-		for _, r := range recs {
-			assert.Equal(t, dlq.ReasonShutdown, r.Reason)
-			var n int
-			require.NoError(t, json.Unmarshal(r.Payload, &n))
-			parked[n] = true
-		}
+		parked := parkedInts(t, mem)
 		assert.True(t, parked[5], "the hung item is parked")
 		for _, n := range delivered {
 			assert.False(t, parked[n], "item %d delivered and parked", n)
 		}
 		assert.EqualValues(t, rep.Admitted, len(delivered)+len(parked), "every item admitted is delivered or parked, once")
 		time.Sleep(2 * time.Hour)
+	})
+}
+
+// parkedInts reads the dead letters of a run of ints that a drain cut off: each is parked as
+// shutdown; it returns the set of their payloads.
+func parkedInts(t *testing.T, mem *dlq.Memory) map[int]bool {
+	t.Helper()
+	recs, err := mem.Records(context.Background())
+	require.NoError(t, err)
+	parked := map[int]bool{}
+	for _, r := range recs {
+		assert.Equal(t, dlq.ReasonShutdown, r.Reason)
+		var n int
+		require.NoError(t, json.Unmarshal(r.Payload, &n))
+		parked[n] = true
+	}
+	return parked
+}
+
+// A drain abandons a hung call of the tight loop (see stage's quick) in a worker that has not
+// claimed its batch (the last stage never does): the replacement inherits the worker's buffer
+// and pops more items into it, so the hung call must have read its item before its attempt
+// started, when the abandoner can take over. It read it after, in a data race with the
+// replacement's pop (found by seed 2099 of the long TestReliabilityAutoscaleConservation);
+// under -race this test fails on that read.
+func TestAbandonedTightLoopCallReadItsItemFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var got []int
+		fn := func(_ context.Context, n int) (int, error) {
+			got = append(got, n)
+			if n == 1 {
+				<-release // ignores its context
+			}
+			return n, nil
+		}
+		items := make([]int, 20)
+		for i := range items {
+			items[i] = i + 1
+		}
+		mem := dlq.NewMemory()
+		p, err := pipeline.New("tl", pipeline.Then(pipeline.Input[int](),
+			stage.Map("last", fn, stage.Workers(1), stage.Capacity(8), stage.Grace(10*time.Millisecond))),
+			pipeline.WithDLQ(mem), pipeline.WithDrainTimeout(10*time.Millisecond))
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		job, err := p.Start(ctx, pipeline.FromSlice(items))
+		require.NoError(t, err)
+		// Nothing the hung call does after its read may reach the drain: the drain starts on
+		// the clock, not on a signal from the call.
+		time.Sleep(time.Millisecond)
+		cancel()
+		rep, err := job.Wait()
+		require.NoError(t, err)
+		require.True(t, rep.Balanced())
+		require.EqualValues(t, 1, rep.Abandoned)
+		parked := parkedInts(t, mem)
+		assert.True(t, parked[1], "the hung item is parked")
+		assert.Greater(t, len(parked), 2, "the replacement parked what it inherited and what it popped")
+		assert.EqualValues(t, rep.Admitted, rep.Delivered+int64(len(parked)), "every item admitted is delivered or parked, once")
+		close(release)
+		synctest.Wait()
+		assert.Equal(t, []int{1}, got, "the only call made is the hung one, on its own item")
 	})
 }
 

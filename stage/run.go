@@ -616,11 +616,13 @@ func (w *worker[In, Out]) quick() {
 			r.tel.RecordWait(w.ctx, wait)
 		}
 		w.info.set(&e.M, 1, maxAttempts)
+		// Read before the attempt starts: once it has, an abandoner may hand the buffer to a
+		// replacement, which pops other items into it.
+		in := e.V
 		if w.claim == 0 {
 			w.fastRunning = w.begin(w.buf[w.i:w.i+1], 1, w.quickStart)
 		}
 		w.called = true
-		in := e.V // (an abandoned call must not touch the buffer)
 		out, keep, err := one(w.ctx, in)
 		if s := w.fastRunning; s != 0 {
 			w.fastRunning = 0
