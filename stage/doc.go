@@ -23,6 +23,12 @@
 // context for longer than the grace period its worker is replaced, so the pool keeps its size.
 // When the pipeline drains, calls are cancelled, never retried, and their items parked.
 //
+// A function must not change its input, nor anything the input points to: return a new value
+// instead. The input is what a retry calls again, what a dead letter records and what a
+// replay runs again. An abandoned call's item is encoded into its dead letter while the call
+// may still be running (and so are the finished items of an abandoned claim, below): a change
+// made in place would race with that encoding and leave the changed value in the record.
+//
 // A worker of a fast map, filter or sink with no timeout, rate limit, circuit breaker, spans,
 // autoscaler or retry time budget (Policy.MaxElapsedTime) runs the first attempts of the items
 // it took (up to 32) in one tight loop, with one recover for the batch; an item whose first
