@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -349,10 +351,20 @@ type Job struct {
 func (j *Job) Stats() Report {
 	select {
 	case <-j.done:
-		return j.report
+		return j.report.copied()
 	default:
 	}
 	return j.snapshot()
+}
+
+// copied returns r with its own Stages and dead-letter maps: each caller of Wait and Stats gets a
+// Report it may change without changing the others'.
+func (r Report) copied() Report {
+	r.Stages = slices.Clone(r.Stages)
+	for i := range r.Stages {
+		r.Stages[i].DeadLetters = maps.Clone(r.Stages[i].DeadLetters)
+	}
+	return r
 }
 
 func (j *Job) snapshot() Report {
@@ -389,7 +401,7 @@ func (j *Job) Done() <-chan struct{} { return j.done }
 // itself failed (a dead letter could not be written, or the source failed).
 func (j *Job) Wait() (Report, error) {
 	<-j.done
-	return j.report, j.err
+	return j.report.copied(), j.err
 }
 
 // Run runs the pipeline on src until the source ends (or ctx ends and the drain completes),
@@ -583,7 +595,11 @@ func (r *run[In]) admit(in *ingress[In], it Item[In]) error {
 		span = trace.SpanContextFromContext(it.Context)
 		itemDone = it.Context.Done()
 	}
-	e.M.X = core.NewExtra(it.Source, it.Headers, span)
+	h := it.Headers
+	if len(h) > 0 {
+		h = maps.Clone(h) // the caller may reuse its map once admit returns
+	}
+	e.M.X = core.NewExtra(it.Source, h, span)
 	e.M.Tracker = core.NewRoot(it.Ack, r.onAckPanic)
 	t.Admitted.Add(1)
 	switch q.Offer(e, in.policy, in.done, itemDone) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
 	"strconv"
@@ -1471,7 +1472,7 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 		FirstAttemptAt: first.UTC(),
 		FailedAt:       now.UTC(),
 		Source:         e.M.SourceName(),
-		Headers:        e.M.Headers(),
+		Headers:        maps.Clone(e.M.Headers()), // the record's own: a flat-map's outputs share the item's
 	}
 	if reason == dlq.ReasonShutdown {
 		rec.ErrorType = "shutdown"

@@ -1,0 +1,124 @@
+package sluice_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"testing/synctest"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/retry"
+	"github.com/sluicehq/sluice/stage"
+)
+
+// Regression tests for what a caller hands the pipeline, and what it gets back, staying its
+// own (from a review of ownership hand-offs).
+
+var errBad = retry.Permanent(errors.New("bad"))
+
+// Each dead letter has its own Headers, and the caller's Item.Headers is copied at admission:
+// a hook that edits its record's headers changes neither the caller's map nor the record of
+// the item's flat-map sibling (which shared the item's map), and a caller that reuses its map
+// once SubmitItem returned changes no dead letter. With two workers the hook's edit also raced
+// with the sibling's encoding (under -race).
+func TestDeadLetterHeadersAreTheRecordsOwn(t *testing.T) {
+	for _, workers := range []int{1, 2} {
+		synctest.Test(t, func(t *testing.T) {
+			mem := dlq.NewMemory()
+			hook := func(rec dlq.Record) { rec.Headers["alerted_for"] = rec.CorrelationID }
+			split := func(_ context.Context, n int) ([]int, error) { return []int{n, n}, nil }
+			release := make(chan struct{})
+			fail := func(_ context.Context, n int) error { <-release; return errBad }
+			p, err := pipeline.New("h", pipeline.Then(pipeline.Then(pipeline.Input[int](),
+				stage.FlatMap("split", split, stage.Workers(1))),
+				stage.Sink("fail", fail, stage.Workers(workers))),
+				pipeline.WithDLQ(mem), pipeline.OnDeadLetter(hook))
+			require.NoError(t, err)
+			src := pipeline.NewPush[int]()
+			job, err := p.Start(context.Background(), src)
+			require.NoError(t, err)
+			mine := map[string]string{"tenant": "acme"}
+			require.NoError(t, src.SubmitItem(context.Background(), pipeline.Item[int]{Value: 1, Key: "k", Headers: mine}))
+			mine["tenant"] = "reused" // as a broker client reuses its map for the next message
+			close(release)
+			src.Close()
+			_, err = job.Wait()
+			require.NoError(t, err)
+			assert.Equal(t, map[string]string{"tenant": "reused"}, mine, "the hook changed the caller's map")
+			recs, err := mem.Records(context.Background())
+			require.NoError(t, err)
+			require.Len(t, recs, 2)
+			for _, r := range recs {
+				assert.Equal(t, map[string]string{"tenant": "acme"}, r.Headers, "record %s", r.CorrelationID)
+			}
+		})
+	}
+}
+
+// After the run, Wait and Stats give each caller a Report of its own: editing one's stages or
+// dead-letter counts changes no later one.
+func TestReportsAfterTheRunAreCopies(t *testing.T) {
+	p, err := pipeline.New("r", pipeline.Then(pipeline.Input[int](),
+		stage.Sink("fail", func(context.Context, int) error { return errBad }, stage.Workers(1))),
+		pipeline.WithDLQ(dlq.NewMemory()))
+	require.NoError(t, err)
+	job, err := p.Start(context.Background(), pipeline.FromSlice([]int{1}))
+	require.NoError(t, err)
+	rep, err := job.Wait()
+	require.NoError(t, err)
+	rep.Stages[0].Name = "edited"
+	delete(rep.Stages[0].DeadLetters, dlq.ReasonPermanent)
+	for _, again := range []pipeline.Report{job.Stats(), must(job.Wait())} {
+		assert.Equal(t, "fail", again.Stages[0].Name)
+		assert.EqualValues(t, 1, again.Stages[0].DeadLetters[dlq.ReasonPermanent])
+	}
+}
+
+func must(r pipeline.Report, err error) pipeline.Report {
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// A FromSeq source's next run starts its iterator again, and with it the items' indexes (their
+// dead letters' source); a complete run leaves no leftover from the run before.
+func TestSeqSourceStartsAfreshEachRun(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var sources []string
+		var cancelFirst context.CancelFunc
+		seq := func(yield func(int) bool) {
+			for i := 1; i <= 3; i++ {
+				if i == 3 && cancelFirst != nil {
+					cancelFirst() // the first run drains before its third value
+					cancelFirst = nil
+				}
+				if !yield(i) {
+					return
+				}
+			}
+		}
+		src := pipeline.FromSeq[int](seq)
+		p, err := pipeline.New("s", pipeline.Then(pipeline.Input[int](),
+			stage.Sink("fail", func(context.Context, int) error { return errBad }, stage.Workers(1))),
+			pipeline.WithDLQ(dlq.NewMemory()), pipeline.OnDeadLetter(func(r dlq.Record) { sources = append(sources, r.Source) }))
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancelFirst = cancel
+		_, err = p.Run(ctx, src)
+		require.NoError(t, err)
+		v, ok := src.Leftover()
+		require.True(t, ok, "the first run's third value is kept")
+		require.Equal(t, 3, v)
+		sources = nil
+		_, err = p.Run(context.Background(), src)
+		require.NoError(t, err)
+		_, ok = src.Leftover()
+		assert.False(t, ok, "a complete run leaves no leftover")
+		assert.Equal(t, []string{"index:1", "index:2", "index:3"}, sources)
+	})
+}
