@@ -3,6 +3,7 @@ package sluice_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"testing/synctest"
 
@@ -20,6 +21,23 @@ import (
 
 var errBad = retry.Permanent(errors.New("bad"))
 
+// splitIntoFailingSink starts a pipeline fed by a Push source: a flat-map that makes two
+// outputs of each item, then a sink (with sinkOpts) whose calls are fail; its dead letters go to
+// the returned store.
+func splitIntoFailingSink(t *testing.T, fail func(context.Context, int) error, sinkOpts []stage.Option, opts ...pipeline.Option) (*pipeline.Push[int], *pipeline.Job, *dlq.Memory) {
+	t.Helper()
+	mem := dlq.NewMemory()
+	split := func(_ context.Context, n int) ([]int, error) { return []int{n, n}, nil }
+	p, err := pipeline.New("split", pipeline.Then(pipeline.Then(pipeline.Input[int](),
+		stage.FlatMap("split", split, stage.Workers(1))), stage.Sink("fail", fail, sinkOpts...)),
+		append([]pipeline.Option{pipeline.WithDLQ(mem)}, opts...)...)
+	require.NoError(t, err)
+	src := pipeline.NewPush[int]()
+	job, err := p.Start(context.Background(), src)
+	require.NoError(t, err)
+	return src, job, mem
+}
+
 // Each dead letter has its own Headers, and the caller's Item.Headers is copied at admission:
 // a hook that edits its record's headers changes neither the caller's map nor the record of
 // the item's flat-map sibling (which shared the item's map), and a caller that reuses its map
@@ -28,25 +46,16 @@ var errBad = retry.Permanent(errors.New("bad"))
 func TestDeadLetterHeadersAreTheRecordsOwn(t *testing.T) {
 	for _, workers := range []int{1, 2} {
 		synctest.Test(t, func(t *testing.T) {
-			mem := dlq.NewMemory()
 			hook := func(rec dlq.Record) { rec.Headers["alerted_for"] = rec.CorrelationID }
-			split := func(_ context.Context, n int) ([]int, error) { return []int{n, n}, nil }
 			release := make(chan struct{})
 			fail := func(_ context.Context, n int) error { <-release; return errBad }
-			p, err := pipeline.New("h", pipeline.Then(pipeline.Then(pipeline.Input[int](),
-				stage.FlatMap("split", split, stage.Workers(1))),
-				stage.Sink("fail", fail, stage.Workers(workers))),
-				pipeline.WithDLQ(mem), pipeline.OnDeadLetter(hook))
-			require.NoError(t, err)
-			src := pipeline.NewPush[int]()
-			job, err := p.Start(context.Background(), src)
-			require.NoError(t, err)
+			src, job, mem := splitIntoFailingSink(t, fail, []stage.Option{stage.Workers(workers)}, pipeline.OnDeadLetter(hook))
 			mine := map[string]string{"tenant": "acme"}
 			require.NoError(t, src.SubmitItem(context.Background(), pipeline.Item[int]{Value: 1, Key: "k", Headers: mine}))
 			mine["tenant"] = "reused" // as a broker client reuses its map for the next message
 			close(release)
 			src.Close()
-			_, err = job.Wait()
+			_, err := job.Wait()
 			require.NoError(t, err)
 			assert.Equal(t, map[string]string{"tenant": "reused"}, mine, "the hook changed the caller's map")
 			recs, err := mem.Records(context.Background())
@@ -121,4 +130,36 @@ func TestSeqSourceStartsAfreshEachRun(t *testing.T) {
 		assert.False(t, ok, "a complete run leaves no leftover")
 		assert.Equal(t, []string{"index:1", "index:2", "index:3"}, sources)
 	})
+}
+
+// failCodec cannot encode: dead letters go without a payload, with the reason in a header.
+type failCodec struct{}
+
+func (failCodec) Encode(int) ([]byte, error) { return nil, errors.New("cannot encode") }
+func (failCodec) Decode([]byte) (int, error) { return 0, errors.New("cannot decode") }
+func (failCodec) JSON() bool                 { return true }
+
+// A payload that cannot be encoded is named in its own record's headers, beside the item's (if
+// it has any): the item's map, which its flat-map sibling shares, is left as it was.
+func TestPayloadErrorHeaderIsTheRecordsOwn(t *testing.T) {
+	src, job, mem := splitIntoFailingSink(t, func(context.Context, int) error { return errBad },
+		[]stage.Option{stage.Workers(1), stage.WithCodec[int](failCodec{})})
+	mine := map[string]string{"tenant": "acme"}
+	require.NoError(t, src.SubmitItem(context.Background(), pipeline.Item[int]{Value: 1, Key: "k", Headers: mine}))
+	require.NoError(t, src.SubmitItem(context.Background(), pipeline.Item[int]{Value: 2, Key: "bare"}))
+	src.Close()
+	_, err := job.Wait()
+	require.NoError(t, err)
+	recs, err := mem.Records(context.Background())
+	require.NoError(t, err)
+	require.Len(t, recs, 4)
+	for _, r := range recs {
+		assert.Empty(t, r.Payload)
+		want := map[string]string{"tenant": "acme", "sluice.payload_error": "cannot encode"}
+		if strings.HasPrefix(r.CorrelationID, "bare") {
+			want = map[string]string{"sluice.payload_error": "cannot encode"} // an item without headers
+		}
+		assert.Equal(t, want, r.Headers, "record %s", r.CorrelationID)
+	}
+	assert.Equal(t, map[string]string{"tenant": "acme"}, mine)
 }

@@ -44,8 +44,9 @@ type Item[T any] struct {
 	// a terminal state, and never before that state is durable. It is called from a worker, or,
 	// for an item dead-lettered at ingress by the overflow policy (DropOldest, DeadLetterNew),
 	// inside the admit call that caused it, on the source's goroutine: keep it short, and do not
-	// take in it a lock that is held around admit. A panic in Ack is recovered: as when Emit fails, the source is stopped and
-	// the run fails with the panic once the items in flight are done.
+	// take in it a lock that is held around admit. A panic in Ack is recovered: as when Emit
+	// fails, the source is stopped and the run fails with the panic once the items in flight are
+	// done.
 	Ack func(Outcome)
 	// Context is the context the item was submitted with: its span becomes the parent of the
 	// item's spans, and when it ends before the item is admitted, admission gives up.
@@ -199,7 +200,7 @@ func (s *SeqSource[T]) KeyBy(key func(T) string) *SeqSource[T] {
 
 // Emit implements Source.
 func (s *SeqSource[T]) Emit(_ context.Context, admit Admit[T]) error {
-	s.n, s.leftover = 0, nil // the iterator starts again: so do the indexes, and the last run's leftover is in it
+	s.n, s.leftover = 0, nil // the iterator starts again, and with it the indexes; the last leftover is in it
 	for v := range s.seq {
 		if !s.offer(admit, v) { // (during a drain, admit refuses v and offer keeps it)
 			return nil

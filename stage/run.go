@@ -1486,7 +1486,10 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 	}
 	if b, err := r.s.codec.Encode(e.V); err != nil {
 		rec.Payload = nil
-		rec.Headers = withHeader(rec.Headers, "sluice.payload_error", err.Error())
+		if rec.Headers == nil {
+			rec.Headers = map[string]string{}
+		}
+		rec.Headers["sluice.payload_error"] = err.Error() // (the record's own map, see above)
 	} else if r.s.codec.JSON() {
 		rec.Payload = b
 	} else {
@@ -1513,15 +1516,6 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 		slog.String("stage", r.s.name), slog.String("correlation_id", rec.CorrelationID),
 		slog.Int("attempt", attempts), slog.String("reason", string(reason)),
 		slog.String("error", rec.Error), slog.String("record_id", rec.ID))
-}
-
-func withHeader(h map[string]string, k, v string) map[string]string {
-	c := make(map[string]string, len(h)+1)
-	for a, b := range h {
-		c[a] = b
-	}
-	c[k] = v
-	return c
 }
 
 // strand ends an item that can reach no terminal state because the run failed.
