@@ -3,7 +3,9 @@ package sluice_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 
@@ -162,4 +164,64 @@ func TestPayloadErrorHeaderIsTheRecordsOwn(t *testing.T) {
 		assert.Equal(t, want, r.Headers, "record %s", r.CorrelationID)
 	}
 	assert.Equal(t, map[string]string{"tenant": "acme"}, mine)
+}
+
+// A FromSlice, FromChan or FromSeq source remembers where it stopped, so it feeds one run at a
+// time: a run started while another is emitting from it fails with ErrSourceInUse, having
+// admitted nothing, and the first run goes on undisturbed; once that one ended, the source
+// feeds the next run (a slice or channel source from where it stopped, an iterator afresh).
+func TestSourceFeedsOneRunAtATime(t *testing.T) {
+	values := []int{1, 2, 3, 4, 5, 6}
+	for _, tc := range []struct {
+		name  string
+		src   func() pipeline.Source[int]
+		again int64 // what the run after the first one delivers
+	}{
+		{"slice", func() pipeline.Source[int] { return pipeline.FromSlice(values) }, 0},
+		{"chan", func() pipeline.Source[int] {
+			ch := make(chan int, len(values))
+			for _, v := range values {
+				ch <- v
+			}
+			close(ch)
+			return pipeline.FromChan(ch)
+		}, 0},
+		{"seq", func() pipeline.Source[int] { return pipeline.FromSeq(slices.Values(values)) }, int64(len(values))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				release := make(chan struct{})
+				var mu sync.Mutex
+				var got []int
+				hold := func(_ context.Context, v int) error {
+					<-release
+					mu.Lock()
+					got = append(got, v)
+					mu.Unlock()
+					return nil
+				}
+				p, err := pipeline.New("one", pipeline.Then(pipeline.Input[int](),
+					stage.Sink("hold", hold, stage.Workers(1), stage.Capacity(1))))
+				require.NoError(t, err)
+				src := tc.src()
+				first, err := p.Start(context.Background(), src)
+				require.NoError(t, err)
+				synctest.Wait() // the first run's source is blocked handing over a value
+
+				rep, err := p.Run(context.Background(), src)
+				require.ErrorIs(t, err, pipeline.ErrSourceInUse)
+				assert.Zero(t, rep.Admitted, "the second run took nothing from the source")
+
+				close(release)
+				rep, err = first.Wait()
+				require.NoError(t, err)
+				assert.Equal(t, int64(len(values)), rep.Delivered)
+				assert.Equal(t, values, got, "the first run fed every value once, in order")
+
+				rep, err = p.Run(context.Background(), src)
+				require.NoError(t, err, "the source is free once its run ended")
+				assert.Equal(t, tc.again, rep.Delivered)
+			})
+		})
+	}
 }

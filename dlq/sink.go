@@ -9,6 +9,10 @@ type Sink interface {
 	// record that [Encode] rejects is not written and its error returned.
 	// If ctx is already done, Write returns ctx.Err() without writing.
 	// After Close, Write returns an error wrapping [ErrClosed].
+	//
+	// Write may keep rec but must not change it: its Payload and Headers
+	// are shared with a retry of the write, the fallback sink and the
+	// pipeline's OnDeadLetter hook.
 	Write(ctx context.Context, rec Record) error
 	// Close releases the sink's resources, after the writes in progress
 	// finished. Closing a closed sink returns nil.

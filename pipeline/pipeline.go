@@ -40,6 +40,10 @@ var (
 	ErrDrainTimeout = errors.New("pipeline: drain timeout passed")
 	// ErrReplayInProgress: a replay was started while another one of the same pipeline runs.
 	ErrReplayInProgress = errors.New("pipeline: a replay is already running")
+	// ErrSourceInUse: a run was given a FromSlice, FromChan or FromSeq source that is feeding
+	// another run. Such a source feeds one run at a time (a later run resumes it); the run fails
+	// with this error after a drain, having admitted nothing.
+	ErrSourceInUse = errors.New("pipeline: the source is feeding another run")
 )
 
 // DeadLetterError is the error of a run stopped because a dead letter could not be written,
@@ -210,7 +214,9 @@ func WithBaggage() Option {
 	return func(o *options) { o.tel.Baggage = true }
 }
 
-// OnDeadLetter sets a hook called after each dead letter is durably written.
+// OnDeadLetter sets a hook called after each dead letter is durably written. The hook must not
+// change the record's Payload or Headers, which it shares with the sink that may have kept them
+// (clone what it needs to edit).
 func OnDeadLetter(fn func(dlq.Record)) Option {
 	return func(o *options) { o.onDeadLetter = fn }
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"iter"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sluicehq/sluice/internal/core"
 )
@@ -70,8 +71,24 @@ type Source[T any] interface {
 // stop reports whether a source must stop after admit returned err.
 func stop(err error) bool { return err != nil && !errors.Is(err, ErrQueueFull) }
 
+// exclusive keeps a source that remembers where it stopped to one run at a time: two runs
+// emitting from it at once would hand the same items to both and race on its position.
+type exclusive struct{ busy atomic.Bool }
+
+// enter claims the source for a run's Emit; the caller must leave when it returns.
+func (e *exclusive) enter() error {
+	if !e.busy.CompareAndSwap(false, true) {
+		return ErrSourceInUse
+	}
+	return nil
+}
+
+func (e *exclusive) leave() { e.busy.Store(false) }
+
 // SliceSource feeds the items of a slice, in order. After a run, Next tells from where to resume.
+// It feeds one run at a time (another run's Emit fails with ErrSourceInUse).
 type SliceSource[T any] struct {
+	exclusive
 	items []T
 	key   func(T) string
 	next  int
@@ -92,6 +109,10 @@ func (s *SliceSource[T]) Next() int { return s.next }
 
 // Emit implements Source.
 func (s *SliceSource[T]) Emit(_ context.Context, admit Admit[T]) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
 	for s.next < len(s.items) {
 		it := Item[T]{Value: s.items[s.next], Index: int64(s.next) + 1}
 		if s.key != nil {
@@ -108,6 +129,7 @@ func (s *SliceSource[T]) Emit(_ context.Context, admit Admit[T]) error {
 // feeder is the part of the channel and iterator sources that hands values over and keeps the
 // one that was not taken.
 type feeder[T any] struct {
+	exclusive
 	n        int64
 	key      func(T) string
 	leftover *T
@@ -144,7 +166,8 @@ func (f *feeder[T]) Leftover() (T, bool) {
 	return *f.leftover, true
 }
 
-// ChanSource feeds the values received from a channel until it is closed.
+// ChanSource feeds the values received from a channel until it is closed. It feeds one run at
+// a time (another run's Emit fails with ErrSourceInUse).
 type ChanSource[T any] struct {
 	feeder[T]
 	ch <-chan T
@@ -161,6 +184,10 @@ func (s *ChanSource[T]) KeyBy(key func(T) string) *ChanSource[T] {
 
 // Emit implements Source.
 func (s *ChanSource[T]) Emit(ctx context.Context, admit Admit[T]) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
 	for {
 		var v T
 		if s.leftover != nil {
@@ -189,7 +216,8 @@ type SeqSource[T any] struct {
 }
 
 // FromSeq returns a source of the values of seq. A drain stops the iteration; the value it was
-// handing over is kept (Leftover), and a later run starts the iterator again.
+// handing over is kept (Leftover), and a later run starts the iterator again. It feeds one run
+// at a time (another run's Emit fails with ErrSourceInUse).
 func FromSeq[T any](seq iter.Seq[T]) *SeqSource[T] { return &SeqSource[T]{seq: seq} }
 
 // KeyBy sets the function that gives each item its correlation ID.
@@ -200,6 +228,10 @@ func (s *SeqSource[T]) KeyBy(key func(T) string) *SeqSource[T] {
 
 // Emit implements Source.
 func (s *SeqSource[T]) Emit(_ context.Context, admit Admit[T]) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
 	s.n, s.leftover = 0, nil // the iterator starts again, and with it the indexes; the last leftover is in it
 	for v := range s.seq {
 		if !s.offer(admit, v) { // (during a drain, admit refuses v and offer keeps it)

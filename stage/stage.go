@@ -68,9 +68,11 @@ const (
 // Codec turns a stage's input into the payload of a dead-letter record and back, for replay.
 // The default codec is JSON.
 type Codec[T any] interface {
-	// Encode returns the payload bytes of v.
+	// Encode returns the payload bytes of v, in a slice of their own: the record keeps it, so
+	// an Encode that reuses a buffer from one call to the next corrupts earlier records.
 	Encode(v T) ([]byte, error)
-	// Decode parses payload bytes made by Encode.
+	// Decode parses payload bytes made by Encode. b is a copy made for the call: the value may
+	// keep it.
 	Decode(b []byte) (T, error)
 	// JSON reports whether Encode's output is JSON (stored as is in the record); other
 	// payloads are stored base64-encoded.
