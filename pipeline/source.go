@@ -47,7 +47,9 @@ type Item[T any] struct {
 	// inside the admit call that caused it, on the source's goroutine: keep it short, and do not
 	// take in it a lock that is held around admit. A panic in Ack is recovered: as when Emit
 	// fails, the source is stopped and the run fails with the panic once the items in flight are
-	// done.
+	// done. An item whose call was abandoned (it ignored its cancelled context past the stage's
+	// grace) is acknowledged, NotDone or DeadLettered, while that call may still be running: a
+	// source that redelivers it may have it worked on twice at once.
 	Ack func(Outcome)
 	// Context is the context the item was submitted with: its span becomes the parent of the
 	// item's spans, and when it ends before the item is admitted, admission gives up.
