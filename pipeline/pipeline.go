@@ -90,6 +90,7 @@ const (
 type options struct {
 	tel          tracing.Config
 	sink         dlq.Sink
+	dlqPath      string // WithDLQFile's: New opens it once the options are checked
 	ownSink      bool
 	fallback     dlq.Sink
 	dlqPolicy    retry.Policy
@@ -105,34 +106,35 @@ type Option func(*options)
 
 // WithDLQ sets the dead-letter sink. Without one, dead letters are kept in memory, where
 // DeadLetters finds them: fine for tests, not durable. A write that panics has failed (it is
-// retried per WithDLQRetry, then goes to the fallback sink).
+// retried per WithDLQRetry, then goes to the fallback sink). Of WithDLQ and WithDLQFile, the
+// last given wins.
 func WithDLQ(sink dlq.Sink) Option {
 	return func(o *options) {
-		if sink == nil {
+		if isNil(sink) {
 			o.errs = append(o.errs, errors.New("WithDLQ: the sink is nil"))
 			return
 		}
-		o.sink, o.ownSink = sink, false
+		o.sink, o.dlqPath = sink, ""
 	}
 }
 
-// WithDLQFile opens (or creates) a JSON Lines dead-letter file at path when the pipeline is
-// built; Close closes it.
+// WithDLQFile makes the dead-letter sink a JSON Lines file at path, which New opens (or
+// creates) once it has checked the configuration; Close closes it. Of WithDLQ and WithDLQFile,
+// the last given wins.
 func WithDLQFile(path string) Option {
 	return func(o *options) {
-		f, err := dlq.OpenFile(path)
-		if err != nil {
-			o.errs = append(o.errs, fmt.Errorf("WithDLQFile: %w", err))
+		if path == "" {
+			o.errs = append(o.errs, errors.New("WithDLQFile: the path is empty"))
 			return
 		}
-		o.sink, o.ownSink = f, true
+		o.sink, o.dlqPath = nil, path
 	}
 }
 
 // WithFallback sets a sink tried when the dead-letter sink fails after its retries.
 func WithFallback(sink dlq.Sink) Option {
 	return func(o *options) {
-		if sink == nil {
+		if isNil(sink) {
 			o.errs = append(o.errs, errors.New("WithFallback: the sink is nil"))
 			return
 		}
@@ -269,18 +271,21 @@ func New[In, Out any](name string, f *Flow[In, Out], opts ...Option) (*Pipeline[
 		}
 	}
 	if len(errs) > 0 {
-		if o.ownSink {
-			_ = o.sink.Close()
-		}
 		return nil, fmt.Errorf("pipeline %q: %w", name, errors.Join(errs...))
 	}
 	o.tel.Pipeline = name
 	tel, err := tracing.New(o.tel)
 	if err != nil {
-		if o.ownSink {
-			_ = o.sink.Close()
-		}
 		return nil, fmt.Errorf("pipeline %q: telemetry: %w", name, err)
+	}
+	if o.dlqPath != "" {
+		// Opened last, when nothing else can refuse the pipeline: the file stays locked
+		// until Close.
+		f, err := dlq.OpenFile(o.dlqPath)
+		if err != nil {
+			return nil, fmt.Errorf("pipeline %q: WithDLQFile: %w", name, err)
+		}
+		o.sink, o.ownSink = f, true
 	}
 	if o.sink == nil {
 		o.sink = dlq.NewMemory()

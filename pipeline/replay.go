@@ -41,7 +41,9 @@ type ReplayReport struct {
 	Report
 	// Selected counts the records the filter selected.
 	Selected int
-	// Injected lists the IDs of the records re-injected (in a dry run: that would be).
+	// Injected lists the IDs of the records re-injected (in a dry run: that would be). A replay
+	// stopped early (its context ended) lists only those it injected; the other selected
+	// records stay in the store untouched.
 	Injected []string
 	// Completed counts injected records removed from the store: their item was delivered,
 	// filtered, or durably dead-lettered again (as a new record with Replays incremented).
@@ -107,9 +109,11 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 			continue
 		}
 		jobs = append(jobs, job{rec, n})
-		rr.Injected = append(rr.Injected, rec.ID)
 	}
 	if opts.DryRun {
+		for _, jb := range jobs {
+			rr.Injected = append(rr.Injected, jb.rec.ID)
+		}
 		r.cancelWork(nil)
 		return rr, nil
 	}
@@ -119,6 +123,7 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 	}
 	var mu sync.Mutex
 	completed := 0
+	var injected []string
 	for _, n := range r.nodes {
 		n.AddProducers(1)
 	}
@@ -168,13 +173,16 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 				r.env.Totals.Admitted.Add(-1)
 				return nil
 			}
+			mu.Lock()
+			injected = append(injected, rec.ID)
+			mu.Unlock()
 		}
 		return nil
 	})
 	rep, err := r.job.Wait()
 	rr.Report = rep
 	mu.Lock()
-	rr.Completed = completed
+	rr.Completed, rr.Injected = completed, injected
 	mu.Unlock()
 	return rr, err
 }

@@ -46,7 +46,8 @@ func Autoscale(min, max int, c AutoscaleConfig) Option {
 		if max < min {
 			errs = append(errs, fmt.Errorf("Autoscale: max %d is below min %d", max, min))
 		}
-		if c.Window < 0 || c.TargetUtilization < 0 || c.TargetUtilization > 1 || c.ShrinkBelow < 0 || c.ShrinkBelow >= 1 || c.Cooldown < 0 {
+		// (Written so that NaN fails: every comparison with it is false.)
+		if c.Window < 0 || !(c.TargetUtilization >= 0 && c.TargetUtilization <= 1) || !(c.ShrinkBelow >= 0 && c.ShrinkBelow < 1) || c.Cooldown < 0 {
 			errs = append(errs, errors.New("Autoscale: Window and Cooldown cannot be negative, TargetUtilization is in (0, 1], ShrinkBelow in (0, 1)"))
 		}
 		if len(errs) > 0 {

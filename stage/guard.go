@@ -72,7 +72,7 @@ func checkKey(c *config, what string, key any, maxKeys int) bool {
 
 func rateLimit(what string, key any, perSecond float64, burst, maxKeys int) Option {
 	return func(c *config) {
-		if perSecond <= 0 || burst < 1 {
+		if !(perSecond > 0) || burst < 1 { // (NaN too)
 			c.errs = append(c.errs, fmt.Errorf("%s(%v/s, burst %d): give a positive rate and a burst of at least 1", what, perSecond, burst))
 			return
 		}

@@ -164,6 +164,8 @@ type config struct {
 	policy    retry.Policy
 	codec     any
 	errs      []error
+
+	workersGiven bool // Workers was given (Autoscale sizes the pool itself)
 }
 
 // Option configures a stage.
@@ -176,7 +178,7 @@ func Workers(n int) Option {
 			c.errs = append(c.errs, fmt.Errorf("Workers(%d): a stage needs at least one worker", n))
 			return
 		}
-		c.workers = n
+		c.workers, c.workersGiven = n, true
 	}
 }
 
@@ -194,9 +196,12 @@ func Capacity(n int) Option {
 	}
 }
 
-// Timeout sets the per-attempt timeout (default: none). An attempt that outlives it is failed
-// with reason timeout; if the function ignores its context for longer than the grace period,
-// the worker is replaced so the pool keeps its size.
+// Timeout sets the per-attempt timeout (default: none). When it passes, the attempt's context
+// is cancelled; an attempt whose call then fails is failed with reason timeout (and retried per
+// the policy). A call that ignores its context and comes back with a result within the grace
+// period has it kept: the work is done, and failing it would only do it again. If the function
+// ignores its context for longer than the grace period, the call is abandoned (failed with
+// reason timeout) and the worker replaced so the pool keeps its size.
 func Timeout(d time.Duration) Option {
 	return func(c *config) {
 		if d < 0 {
@@ -313,6 +318,9 @@ func newStage[In, Out any](name string, kind Kind, fnNil bool, extra []error, op
 		s.cfg.capacity = DefaultCapacityPerWorker * s.cfg.workers
 	}
 	errs := append(s.cfg.errs, extra...)
+	if s.cfg.autoscale != nil && s.cfg.workersGiven {
+		errs = append(errs, errors.New("Workers and Autoscale both size the pool; give one (Autoscale's min and max bound it)"))
+	}
 	errs = append(errs, checkGuards[In](kind, &s.cfg)...)
 	if name == "" {
 		errs = append(errs, errors.New("the stage has no name; give every stage a unique name"))
