@@ -162,7 +162,36 @@ type timeouter interface {
 	Timeout() bool
 }
 
+// isTimeout reports whether any error in err's chain, followed through
+// Unwrap() error and Unwrap() []error as errors.As does, has a Timeout()
+// bool method returning true. Unlike errors.As it does not stop at the
+// first error with a Timeout method: a wrapper such as *url.Error reports
+// Timeout() false when its direct cause has no Timeout method, even if an
+// error deeper in the chain (os.ErrDeadlineExceeded) is a timeout.
 func isTimeout(err error) bool {
-	t, ok := errors.AsType[timeouter](err)
-	return ok && t.Timeout()
+	for err != nil {
+		if t, ok := err.(timeouter); ok && t.Timeout() {
+			return true
+		}
+		if x, ok := err.(interface{ As(any) bool }); ok {
+			var t timeouter
+			if x.As(&t) && t != nil && t.Timeout() {
+				return true
+			}
+		}
+		switch x := err.(type) {
+		case interface{ Unwrap() error }:
+			err = x.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, e := range x.Unwrap() {
+				if isTimeout(e) {
+					return true
+				}
+			}
+			return false
+		default:
+			return false
+		}
+	}
+	return false
 }

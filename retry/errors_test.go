@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"testing"
 	"time"
@@ -29,6 +30,26 @@ type timeoutErr struct{ timeout bool }
 
 func (e timeoutErr) Error() string { return "i/o" }
 func (e timeoutErr) Timeout() bool { return e.timeout }
+
+// timeoutWrapErr has a Timeout method returning false and wraps err, like
+// a *url.Error whose cause has no Timeout method.
+type timeoutWrapErr struct{ err error }
+
+func (e *timeoutWrapErr) Error() string { return "wrap: " + e.err.Error() }
+func (e *timeoutWrapErr) Timeout() bool { return false }
+func (e *timeoutWrapErr) Unwrap() error { return e.err }
+
+// asTimeoutErr becomes a timeout through an As method, as errors.As allows.
+type asTimeoutErr struct{}
+
+func (asTimeoutErr) Error() string { return "as" }
+func (asTimeoutErr) As(target any) bool {
+	if p, ok := target.(*timeouter); ok {
+		*p = timeoutErr{timeout: true}
+		return true
+	}
+	return false
+}
 
 func TestPermanent(t *testing.T) {
 	assert.NoError(t, Permanent(nil))
@@ -115,6 +136,12 @@ func TestErrorType(t *testing.T) {
 		{"os deadline", os.ErrDeadlineExceeded, "timeout"},
 		{"Timeout() true", fmt.Errorf("x: %w", timeoutErr{timeout: true}), "timeout"},
 		{"Timeout() false", timeoutErr{timeout: false}, "error"},
+		{"timeout under a Timeout() false wrapper", &url.Error{Op: "Get", URL: "http://x/", Err: fmt.Errorf("reading body: %w", os.ErrDeadlineExceeded)}, "timeout"},
+		{"Timeout() true under Timeout() false", &timeoutWrapErr{err: fmt.Errorf("x: %w", timeoutErr{timeout: true})}, "timeout"},
+		{"joined timeout under Timeout() false", &timeoutWrapErr{err: errors.Join(errTransient, timeoutErr{timeout: true})}, "timeout"},
+		{"joined Timeout() false only", errors.Join(errTransient, timeoutErr{timeout: false}), "error"},
+		{"As method yielding a timeout", fmt.Errorf("x: %w", asTimeoutErr{}), "timeout"},
+		{"url.Error without timeout", &url.Error{Op: "Get", URL: "http://x/", Err: errTransient}, "error"},
 		{"canceled", context.Canceled, "canceled"},
 		{"wrapped canceled", fmt.Errorf("x: %w", context.Canceled), "canceled"},
 		{"empty class falls through", &classErr{class: "", err: context.Canceled}, "canceled"},

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/url"
+	"os"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -356,6 +358,7 @@ func TestScheduleAllocs(t *testing.T) {
 	permanent := Permanent(errTransient)
 	after := fmt.Errorf("wrapped: %w", After(errTransient, time.Millisecond))
 	joined := errors.Join(errTransient, After(errTransient, time.Millisecond))
+	deepTimeout := &url.Error{Op: "Get", URL: "http://x/", Err: errors.Join(errTransient, fmt.Errorf("read: %w", os.ErrDeadlineExceeded))}
 	b := NewBudget(BudgetConfig{MaxTokens: 1000, TokenRatio: 1000})
 
 	var sink time.Duration
@@ -400,6 +403,9 @@ func TestScheduleAllocs(t *testing.T) {
 		}},
 		{"ErrorType", func() {
 			sink += time.Duration(len(ErrorType(after)))
+		}},
+		{"ErrorType of a deep timeout", func() {
+			sink += time.Duration(len(ErrorType(deepTimeout)))
 		}},
 	}
 	for _, tt := range tests {
