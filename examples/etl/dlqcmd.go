@@ -38,7 +38,8 @@ Commands:
 
 Filters: -stage NAME  -reason REASON  -match TEXT (in the error, any case)  -since DURATION
 Every command takes -dlq PATH (default etl-dead-letters.jsonl); "etl dlq COMMAND -h" lists its flags.
-A missing, locked or corrupt file is an error (exit status 1).
+A missing or corrupt file is an error (exit status 1), and so is a file locked by a run for the
+commands that write it (replay, purge -yes); ls, show, stats and the previews only read it.
 `
 
 func dlqMain(args []string, stdout, stderr io.Writer) int {
@@ -111,7 +112,7 @@ func dlqMain(args []string, stdout, stderr io.Writer) int {
 	case "stats":
 		err = dlqStats(stdout, stderr, cfg.DLQ, filter, top)
 	case "purge":
-		err = dlqPurge(stdout, cfg.DLQ, filter, yes)
+		err = dlqPurge(stdout, stderr, cfg.DLQ, filter, yes)
 	case "replay":
 		ctx, signalled, stop := withSignals(context.Background(), stderr, cfg.Drain)
 		defer stop()
@@ -174,7 +175,9 @@ func readDLQ(stderr io.Writer, path string) ([]dlq.Record, error) {
 	return res.Records, nil
 }
 
-// openDLQ opens the dead-letter file as its (only) writer; it must exist.
+// openDLQ opens the dead-letter file as its (only) writer; it must exist. Opening it cuts a
+// torn last line away (dlq.OpenFile), so the commands that only read or preview (ls, show,
+// stats, replay -dry-run, purge without -yes) use readDLQ instead.
 func openDLQ(path string) (*dlq.File, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, dlqFileError(path, err)
@@ -440,16 +443,12 @@ func dlqStats(stdout, stderr io.Writer, path string, f dlq.Filter, top int) erro
 	return nil
 }
 
-func dlqPurge(stdout io.Writer, path string, f dlq.Filter, yes bool) error {
-	store, err := openDLQ(path)
+func dlqPurge(stdout, stderr io.Writer, path string, f dlq.Filter, yes bool) error {
+	// Read first, without the lock: the preview (no -yes) and a purge that selects nothing
+	// change nothing, not even a torn last line, which opening the file as its writer cuts.
+	all, err := readDLQ(stderr, path)
 	if err != nil {
 		return err
-	}
-	defer store.Close()
-	ctx := context.Background()
-	all, err := store.Records(ctx)
-	if err != nil {
-		return dlqFileError(path, err)
 	}
 	sel := f.Select(all)
 	if len(sel) == 0 {
@@ -460,6 +459,22 @@ func dlqPurge(stdout io.Writer, path string, f dlq.Filter, yes bool) error {
 		fmt.Fprintf(stdout, "would purge %d of %d records in %s:\n", len(sel), len(all), path)
 		stageReasonTable(stdout, sel)
 		return usagef("nothing deleted: add -yes to purge these %d records", len(sel))
+	}
+	store, err := openDLQ(path)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx := context.Background()
+	// Select again under the lock: a run may have written to the file since it was read.
+	all, err = store.Records(ctx)
+	if err != nil {
+		return dlqFileError(path, err)
+	}
+	sel = f.Select(all)
+	if len(sel) == 0 {
+		fmt.Fprintf(stdout, "no records match (%d in %s); nothing to purge\n", len(all), path)
+		return nil
 	}
 	ids := make([]string, len(sel))
 	for i, r := range sel {
@@ -496,14 +511,28 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 	if err := cfg.check(); err != nil {
 		return rr, err
 	}
-	store, err := openDLQ(cfg.DLQ)
-	if err != nil {
-		return rr, err
-	}
-	defer store.Close()
-	recs, err := store.Records(ctx)
-	if err != nil {
-		return rr, dlqFileError(cfg.DLQ, err)
+	// A dry run reads the file without opening it as its writer, which would cut a torn last
+	// line: it changes nothing. A replay opens it, and holds its lock until it is over.
+	var (
+		store dlq.Store
+		file  *dlq.File
+		recs  []dlq.Record
+		err   error
+	)
+	if dryRun {
+		if recs, err = readDLQ(stderr, cfg.DLQ); err != nil {
+			return rr, err
+		}
+		store = readOnlyStore(recs)
+	} else {
+		if file, err = openDLQ(cfg.DLQ); err != nil {
+			return rr, err
+		}
+		defer file.Close()
+		store = file
+		if recs, err = file.Records(ctx); err != nil {
+			return rr, dlqFileError(cfg.DLQ, err)
+		}
 	}
 	filter.Pipeline = pipelineName
 	sel := filter.Select(recs)
@@ -632,7 +661,7 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 		}
 	}
 	printSummary(stdout, rr.Report, cfg, true)
-	if cerr := store.Compact(context.WithoutCancel(ctx)); cerr != nil {
+	if cerr := file.Compact(context.WithoutCancel(ctx)); cerr != nil {
 		fmt.Fprintf(stderr, "warning: compacting %s: %v\n", cfg.DLQ, cerr)
 	}
 	if cfg.Report != "" {
@@ -642,6 +671,29 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 	}
 	return rr, err
 }
+
+// readOnlyStore is the dead letters a dry run read with dlq.ReadFile: a dlq.Store whose
+// Records returns them and whose Write and Delete fail, since a dry run changes nothing.
+type readOnlyStore []dlq.Record
+
+var errDryRun = errors.New("dry run: the dead-letter file is read-only")
+
+func (s readOnlyStore) Records(ctx context.Context) ([]dlq.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]dlq.Record, len(s))
+	for i, r := range s {
+		r.Payload = slices.Clone(r.Payload)
+		r.Headers = maps.Clone(r.Headers)
+		out[i] = r
+	}
+	return out, nil
+}
+
+func (readOnlyStore) Write(context.Context, dlq.Record) error { return errDryRun }
+func (readOnlyStore) Delete(context.Context, ...string) error { return errDryRun }
+func (readOnlyStore) Close() error                            { return nil }
 
 func printSkipped(w io.Writer, skipped []pipeline.Skipped) {
 	if len(skipped) == 0 {

@@ -202,4 +202,44 @@ func TestDLQMissingAndCorruptFile(t *testing.T) {
 	assert.Contains(t, errOut, "in use")
 	code, _, _ = dlqRun("ls", "-dlq", path)
 	assert.Equal(t, 0, code, "reading does not need the lock")
+	code, out, errOut = dlqRun("replay", "-dry-run", "-dlq", path)
+	assert.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "would replay", "a dry run only reads")
+	code, out, _ = dlqRun("purge", "-dlq", path)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, out, "would purge 4 of 4", "the preview only reads")
+}
+
+// The previews (replay -dry-run, purge without -yes, a purge that selects nothing) change
+// nothing: not even a torn last line, which opening the file as its writer would cut. They
+// warn about it as ls does.
+func TestDLQPreviewsKeepATornTail(t *testing.T) {
+	for _, c := range []struct {
+		args    []string
+		code    int
+		wantOut string
+	}{
+		{[]string{"replay", "-dry-run", "-stage", "download"}, 0, "would replay 2 of 2"},
+		{[]string{"purge", "-stage", "validate"}, 2, "would purge 2 of 4"},
+		{[]string{"purge", "-match", "nothing like this", "-yes"}, 0, "nothing to purge"},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			path, _ := writeDLQ(t)
+			fh, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+			require.NoError(t, err)
+			_, err = fh.WriteString(`{"v":1,"id":"01TORN`)
+			require.NoError(t, err)
+			require.NoError(t, fh.Close())
+			want, err := os.ReadFile(path)
+			require.NoError(t, err)
+
+			code, out, errOut := dlqRun(append(c.args, "-dlq", path)...)
+			assert.Equal(t, c.code, code, errOut)
+			assert.Contains(t, out, c.wantOut)
+			assert.Contains(t, errOut, "ends with an incomplete line (19 bytes at offset", "the torn tail is reported, as ls does")
+			got, err := os.ReadFile(path)
+			require.NoError(t, err)
+			assert.Equal(t, string(want), string(got), "the file changed")
+		})
+	}
 }
