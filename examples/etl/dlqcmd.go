@@ -104,6 +104,12 @@ func dlqMain(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return exitCode(stderr, prog, err, nil)
 	}
+	switch {
+	case cmd == "ls" && limit < 0:
+		return exitCode(stderr, prog, usagef("-limit %d: give a positive number, or 0 for all", limit), nil)
+	case cmd == "stats" && top < 1:
+		return exitCode(stderr, prog, usagef("-top %d: give a positive number", top), nil)
+	}
 	switch cmd {
 	case "ls":
 		err = dlqList(stdout, stderr, cfg.DLQ, filter, limit)

@@ -243,3 +243,32 @@ func TestDLQPreviewsKeepATornTail(t *testing.T) {
 		})
 	}
 }
+
+// A negative -limit, or a -top below 1, is bad usage (exit status 2, as -since -1h is), not
+// "list everything" with a false "… and N more kinds".
+func TestDLQTopAndLimitMustBePositive(t *testing.T) {
+	path, _ := writeDLQ(t)
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"stats", "-top", "-1"}, "etl dlq stats: -top -1: give a positive number\n"},
+		{[]string{"stats", "-top", "0"}, "etl dlq stats: -top 0: give a positive number\n"},
+		{[]string{"ls", "-limit", "-3"}, "etl dlq ls: -limit -3: give a positive number, or 0 for all\n"},
+	} {
+		code, out, errOut := dlqRun(append(c.args, "-dlq", path)...)
+		assert.Equal(t, 2, code, "%v", c.args)
+		assert.Equal(t, c.msg, errOut, "%v", c.args)
+		assert.Empty(t, out, "%v lists nothing", c.args)
+	}
+
+	code, out, errOut := dlqRun("ls", "-limit", "0", "-dlq", path)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "4 of 4 records", "-limit 0 lists all")
+	code, out, errOut = dlqRun("ls", "-limit", "1", "-dlq", path)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "1 of 4 records in "+path+" (4 match; -limit 1)")
+	code, out, errOut = dlqRun("stats", "-top", "1", "-dlq", path)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "… and 2 more kinds", "3 kinds of error, 1 shown")
+}
