@@ -27,6 +27,10 @@ const (
 	DefaultRandomizationFactor = 0.5
 )
 
+// longestInterval is the longest delay before jitter (about 73 years): jittered by up to 100% it
+// still fits a time.Duration.
+const longestInterval = time.Duration(math.MaxInt64 / 4)
+
 // Policy configures retries. The zero value is the default policy: three
 // attempts with jittered exponential backoff starting at 100ms.
 //
@@ -44,7 +48,9 @@ type Policy struct {
 	// 0 means DefaultMultiplier; otherwise it must be >= 1.
 	Multiplier float64
 	// MaxInterval caps the delay between retries, before jitter. 0 means
-	// DefaultMaxInterval; otherwise it must be >= InitialInterval.
+	// DefaultMaxInterval; otherwise it must be >= InitialInterval. Intervals
+	// beyond 73 years (math.MaxInt64/4) count as 73 years, so that a jittered
+	// delay always fits a time.Duration.
 	MaxInterval time.Duration
 	// MaxElapsedTime bounds the time from the start of the first attempt
 	// to the start of the last retry: a retry whose delay would end past

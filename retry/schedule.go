@@ -102,6 +102,9 @@ func (p Policy) StartWithBudget(b *Budget) Schedule {
 		maxInterval = DefaultMaxInterval
 	}
 	maxInterval = max(maxInterval, initial)
+	// The backoff converts a jittered delay, up to d*(1+f) with f <= 1, to a Duration without a
+	// check: past math.MaxInt64 it wraps to a negative delay, an immediate retry.
+	initial, maxInterval = min(initial, longestInterval), min(maxInterval, longestInterval)
 	randomization := p.RandomizationFactor
 	switch {
 	case p.NoJitter:

@@ -445,3 +445,27 @@ func BenchmarkScheduleNext(b *testing.B) {
 		_ = n
 	})
 }
+
+// A valid policy whose intervals reach far beyond a lifetime never yields a negative delay: the
+// backoff converted a jittered delay near math.MaxInt64 to a Duration without a check, so about
+// half the draws at the cap wrapped (from retry 34 on here), an immediate retry.
+func TestScheduleHugeIntervalsNeverNegative(t *testing.T) {
+	for _, p := range []Policy{
+		{MaxAttempts: 100, InitialInterval: time.Second, MaxInterval: math.MaxInt64},
+		{MaxAttempts: 100, InitialInterval: time.Second, MaxInterval: math.MaxInt64, RandomizationFactor: 1},
+		{MaxAttempts: 100, InitialInterval: math.MaxInt64, MaxInterval: math.MaxInt64, RandomizationFactor: 1},
+		{MaxAttempts: 100, InitialInterval: time.Second, MaxInterval: math.MaxInt64, NoJitter: true},
+	} {
+		require.NoError(t, p.Validate())
+		s := p.Start()
+		got, stop := delays(&s, errTransient)
+		require.Equal(t, StopAttempts, stop)
+		require.Len(t, got, 99)
+		for i, d := range got {
+			require.GreaterOrEqual(t, d, time.Duration(0), "%+v: retry %d", p, i+1)
+		}
+		if p.NoJitter {
+			assert.Equal(t, longestInterval, got[98], "the longest interval, unjittered")
+		}
+	}
+}
