@@ -61,9 +61,10 @@
 // with only the live records. A line may be at most [MaxLineSize] bytes.
 //
 // Only one process writes a file at a time: the writer holds an exclusive
-// flock on the sibling file path + ".lock", which is created if missing
-// and never removed (removing it would let two writers lock different
-// files). Readers ([ReadFile]) take no lock. Locking uses flock(2),
+// flock on the sibling file path + ".lock", where path has its symlinks
+// resolved (so that every symlink to a file names one lock), which is
+// created if missing and never removed (removing it would let two writers
+// lock different files). Hard links to one file are not detected. Readers ([ReadFile]) take no lock. Locking uses flock(2),
 // available on Linux, macOS and the BSDs; on other systems OpenFile fails
 // rather than risk two writers.
 //

@@ -17,8 +17,9 @@ import (
 // for concurrent use; see the package documentation for the file layout,
 // locking, durability and crash handling.
 type File struct {
-	path     string
-	lock     *os.File // path + ".lock", flocked while open
+	path     string   // as given to OpenFile, for Path and errors
+	resolved string   // path with its symlinks resolved by OpenFile
+	lock     *os.File // resolved + ".lock", flocked while open
 	syncFn   func(*os.File) error
 	repaired *TornTail
 
@@ -73,10 +74,20 @@ func WithSyncHook(fn func(f *os.File) error) FileOption {
 // (mode 0o644, before umask) if it does not exist; its parent directory
 // must exist.
 //
+// OpenFile resolves the symbolic links in path once, when it opens the
+// file: a path that does not exist yet has its directory resolved, and a
+// dangling symlink is followed to the file it names, which is created.
+// Everything the File does by name uses the resolved path: the lock file,
+// the compaction temp file and the rename of [File.Compact], so a symlink
+// stays a symlink and writes keep reaching the file it named at open.
+//
 // Only one writer may have a file open: OpenFile takes an exclusive,
-// non-blocking flock on path + ".lock" (created if missing, never removed)
-// and fails with an error wrapping [ErrLocked] if another File, in this or
-// another process, holds it. Close releases it.
+// non-blocking flock on the resolved path + ".lock" (created if missing,
+// never removed) and fails with an error wrapping [ErrLocked] if another
+// File, in this or another process, holds it, including one opened
+// through another symlink to the same file. Close releases it. Hard links
+// are not detected: two Files opened through two hard links to one file
+// take different locks and overwrite each other's records.
 //
 // If the file does not end in a newline (a crash interrupted an append),
 // OpenFile truncates the incomplete last line away and reports it in
@@ -104,8 +115,13 @@ func OpenFile(path string, opts ...FileOption) (*File, error) {
 	case !st.IsDir():
 		return nil, fmt.Errorf("dlq: open %s: parent %s is not a directory", path, dir)
 	}
+	resolved, err := resolvePath(path)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: open %s: resolve symlinks: %w", path, err)
+	}
+	dir = filepath.Dir(resolved)
 
-	lockPath := path + ".lock"
+	lockPath := resolved + ".lock"
 	lf, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("dlq: open %s: lock file: %w", path, err)
@@ -123,9 +139,9 @@ func OpenFile(path string, opts ...FileOption) (*File, error) {
 		return nil, err
 	}
 
-	_, statErr := os.Lstat(path)
+	_, statErr := os.Lstat(resolved)
 	created := errors.Is(statErr, fs.ErrNotExist)
-	fh, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	fh, err := os.OpenFile(resolved, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return fail(fmt.Errorf("dlq: open %s: %w", path, err))
 	}
@@ -142,6 +158,7 @@ func OpenFile(path string, opts ...FileOption) (*File, error) {
 	}
 	f := &File{
 		path:     path,
+		resolved: resolved,
 		lock:     lf,
 		syncFn:   syncFn,
 		repaired: torn,
@@ -150,6 +167,54 @@ func OpenFile(path string, opts ...FileOption) (*File, error) {
 	}
 	f.cond.L = &f.mu
 	return f, nil
+}
+
+// maxSymlinks bounds the symlinks resolvePath follows, as the kernel's
+// ELOOP does.
+const maxSymlinks = 255
+
+// resolvePath returns path with its symlinks resolved. If path does not
+// exist, its directory is resolved and its last element kept; if it is a
+// dangling symlink, its target is resolved the same way (relative targets
+// are relative to the link's directory, as the kernel reads them).
+func resolvePath(path string) (string, error) {
+	for range maxSymlinks {
+		resolved, err := filepath.EvalSymlinks(path)
+		if err == nil {
+			return resolved, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		// Split, unlike Dir, does not clean: "link/.." must be resolved
+		// by EvalSymlinks, not lexically.
+		dir, name := filepath.Split(path)
+		if dir == "" {
+			dir = "."
+		}
+		realDir, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			return "", err
+		}
+		fi, err := os.Lstat(path)
+		if errors.Is(err, fs.ErrNotExist) || (err == nil && fi.Mode()&fs.ModeSymlink == 0) {
+			// Missing, or (created since EvalSymlinks looked) not a link.
+			return filepath.Join(realDir, name), nil
+		}
+		if err != nil {
+			return "", err
+		}
+		target, err := os.Readlink(path)
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			path = target
+		} else {
+			path = realDir + string(filepath.Separator) + target
+		}
+	}
+	return "", fmt.Errorf("%s: more than %d levels of symbolic links", path, maxSymlinks)
 }
 
 // repairTail truncates fh after its last newline, if it does not end in
@@ -210,7 +275,7 @@ func syncDir(dir string) error {
 	return err
 }
 
-// Path returns the path of the file.
+// Path returns the path given to OpenFile, symlinks unresolved.
 func (f *File) Path() string { return f.path }
 
 // Repaired returns the torn tail OpenFile truncated away, or nil if the
@@ -400,12 +465,13 @@ func readCommitted(ctx context.Context, fh *os.File, size int64, path string) ([
 
 // Compact rewrites the file with only the live records, dropping deleted
 // and replaced records and tombstones: it writes path + ".tmp", fsyncs it,
-// renames it over path and fsyncs the directory. Writes wait while it
-// runs, and then append to the new file; the lock is kept throughout. If
-// Compact fails before the rename, the file is left as it was; if it fails
-// after (the directory fsync), the File enters the failed state, because
-// later appends could be lost in a crash. A path + ".tmp" left by a crash
-// during an earlier Compact is overwritten.
+// renames it over path and fsyncs the directory, where path is the one
+// OpenFile resolved (so a symlink the File was opened through is kept).
+// Writes wait while it runs, and then append to the new file; the lock is
+// kept throughout. If Compact fails before the rename, the file is left as
+// it was; if it fails after (the directory fsync), the File enters the
+// failed state, because later appends could be lost in a crash. A path +
+// ".tmp" left by a crash during an earlier Compact is overwritten.
 func (f *File) Compact(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -468,7 +534,7 @@ func (f *File) rewrite(ctx context.Context, fh *os.File, size int64) (newFh *os.
 	if err != nil {
 		return nil, 0, false, err
 	}
-	tmp := f.path + ".tmp"
+	tmp := f.resolved + ".tmp"
 	tf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, 0, false, err
@@ -505,10 +571,10 @@ func (f *File) rewrite(ctx context.Context, fh *os.File, size int64) (newFh *os.
 	if err := ctx.Err(); err != nil {
 		return abort(err)
 	}
-	if err := os.Rename(tmp, f.path); err != nil {
+	if err := os.Rename(tmp, f.resolved); err != nil {
 		return abort(err)
 	}
-	if err := syncDir(filepath.Dir(f.path)); err != nil {
+	if err := syncDir(filepath.Dir(f.resolved)); err != nil {
 		tf.Close()
 		return nil, 0, true, fmt.Errorf("file is unusable: renamed the compacted file into place but could not fsync the directory: %w", err)
 	}

@@ -404,3 +404,82 @@ func idsOf(recs []dlq.Record) []string {
 	}
 	return out
 }
+
+// TestSecondWriterLockedThroughSymlink opens one file by its name and
+// through symlinks to it (an existing file, and a dangling link whose
+// target OpenFile creates): every second writer gets ErrLocked.
+func TestSecondWriterLockedThroughSymlink(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	realPath := filepath.Join(dir, "real.jsonl")
+	link := filepath.Join(dir, "link.jsonl")
+	require.NoError(t, os.Symlink("real.jsonl", link))
+	linkDir := filepath.Join(dir, "linkdir")
+	require.NoError(t, os.Symlink(".", linkDir))
+
+	f, err := dlq.OpenFile(link) // dangling: creates real.jsonl
+	require.NoError(t, err)
+	assert.Equal(t, link, f.Path(), "Path is the path given")
+	st, err := os.Lstat(realPath)
+	require.NoError(t, err)
+	assert.True(t, st.Mode().IsRegular(), "the link's target was created")
+	r1 := rec(1)
+	require.NoError(t, f.Write(ctx, r1))
+
+	for _, p := range []string{realPath, link, filepath.Join(linkDir, "link.jsonl")} {
+		g, err := dlq.OpenFile(p)
+		if err == nil {
+			g.Close()
+		}
+		require.ErrorIs(t, err, dlq.ErrLocked, "open %s", p)
+	}
+	require.NoError(t, f.Close())
+
+	f, err = dlq.OpenFile(realPath)
+	require.NoError(t, err)
+	g, err := dlq.OpenFile(link)
+	if err == nil {
+		g.Close()
+	}
+	require.ErrorIs(t, err, dlq.ErrLocked, "the name locks out the link too")
+	r2 := rec(2)
+	require.NoError(t, f.Write(ctx, r2))
+	require.NoError(t, f.Close())
+	assert.Equal(t, line(t, r1)+line(t, r2), readAll(t, realPath), "no record overwritten")
+}
+
+// TestCompactThroughSymlink checks that Compact of a File opened through a
+// symlink replaces the file the link names, not the link, and that later
+// writes land in that file.
+func TestCompactThroughSymlink(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	realPath := filepath.Join(dir, "real.jsonl")
+	link := filepath.Join(dir, "link.jsonl")
+	r1, r2, r3 := rec(1), rec(2), rec(3)
+	writeFile(t, realPath, line(t, r1)+line(t, r2))
+	require.NoError(t, os.Symlink("real.jsonl", link))
+
+	f, err := dlq.OpenFile(link)
+	require.NoError(t, err)
+	require.NoError(t, f.Delete(ctx, r1.ID))
+	require.NoError(t, f.Compact(ctx))
+	st, err := os.Lstat(link)
+	require.NoError(t, err)
+	require.Equal(t, fs.ModeSymlink, st.Mode().Type(), "the link is still a link")
+	target, err := os.Readlink(link)
+	require.NoError(t, err)
+	assert.Equal(t, "real.jsonl", target)
+	assert.Equal(t, line(t, r2), readAll(t, realPath), "the real file was compacted")
+
+	require.NoError(t, f.Write(ctx, r3))
+	assert.Equal(t, line(t, r2)+line(t, r3), readAll(t, realPath), "later writes land in the real file")
+	require.NoError(t, f.Close())
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	assert.Equal(t, []string{"link.jsonl", "real.jsonl", "real.jsonl.lock"}, names, "no temp or link-named lock left")
+}
