@@ -22,6 +22,7 @@ type File struct {
 	lock     *os.File // resolved + ".lock", flocked while open
 	syncFn   func(*os.File) error
 	repaired *TornTail
+	maxLine  int // longest line Write and Delete append: MaxLineSize, or lower in tests
 
 	// onQueued, when set (by tests, before the File is shared), is called
 	// with mu held each time an append has been queued.
@@ -162,6 +163,7 @@ func OpenFile(path string, opts ...FileOption) (*File, error) {
 		lock:     lf,
 		syncFn:   syncFn,
 		repaired: torn,
+		maxLine:  MaxLineSize,
 		fh:       fh,
 		size:     size,
 	}
@@ -298,12 +300,9 @@ func (f *File) Write(ctx context.Context, rec Record) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	line, err := Encode(rec)
+	line, err := encodeLine(rec, f.maxLine)
 	if err != nil {
 		return err
-	}
-	if len(line) > MaxLineSize {
-		return fmt.Errorf("dlq: write %s: record %s encodes to %d bytes, over the %d byte line limit", f.path, rec.ID, len(line), MaxLineSize)
 	}
 	return f.commit("write", line)
 }
@@ -324,7 +323,7 @@ func (f *File) Delete(ctx context.Context, ids ...string) error {
 		if err != nil {
 			return fmt.Errorf("dlq: delete %s: %w", f.path, err)
 		}
-		if len(line) > MaxLineSize {
+		if len(line) > f.maxLine {
 			return fmt.Errorf("dlq: delete %s: ID of %d bytes is over the line limit", f.path, len(id))
 		}
 		lines = append(lines, line...)

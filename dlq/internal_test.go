@@ -151,3 +151,44 @@ func TestReadLogHonoursContext(t *testing.T) {
 	_, _, err := readLog(ctx, strings.NewReader(sb.String()), "f", MaxLineSize)
 	require.ErrorIs(t, err, context.Canceled)
 }
+
+// TestMemoryRefusesWhatFileRefuses checks that a Memory and a File share
+// the line limit: both keep a record whose line is exactly the limit and
+// both refuse one a byte longer, with the same error. The limit is
+// lowered to one small record's line, since encoding a record of
+// MaxLineSize (64 MiB) takes many seconds under -race.
+func TestMemoryRefusesWhatFileRefuses(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory()
+	f, err := OpenFile(filepath.Join(t.TempDir(), "dead.jsonl"))
+	require.NoError(t, err)
+	defer f.Close()
+	require.Equal(t, MaxLineSize, m.maxLine)
+	require.Equal(t, MaxLineSize, f.maxLine)
+
+	fits := testRecord(1)
+	b, err := Encode(fits)
+	require.NoError(t, err)
+	m.maxLine, f.maxLine = len(b), len(b) // before any concurrency
+	over := testRecord(1)
+	over.Error += "x"
+	b2, err := Encode(over)
+	require.NoError(t, err)
+	require.Len(t, b2, len(b)+1)
+
+	require.NoError(t, m.Write(ctx, fits))
+	require.NoError(t, f.Write(ctx, fits))
+	errM, errF := m.Write(ctx, over), f.Write(ctx, over)
+	require.Error(t, errM, "Memory refuses a line over the limit")
+	require.Error(t, errF, "File refuses a line over the limit")
+	assert.Equal(t, errF.Error(), errM.Error())
+	assert.Contains(t, errM.Error(), fmt.Sprintf("%d bytes, over the %d byte line limit", len(b2), len(b)))
+
+	recsM, err := m.Records(ctx)
+	require.NoError(t, err)
+	recsF, err := f.Records(ctx)
+	require.NoError(t, err)
+	fits.V = Version
+	assert.Equal(t, []Record{fits}, recsM)
+	assert.Equal(t, recsF, recsM)
+}

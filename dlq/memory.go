@@ -12,11 +12,15 @@ import (
 // need dead letters to survive a restart. It is safe for concurrent use.
 //
 // Records are validated and normalized exactly as [File] does (they go
-// through [Encode] and [Decode]), so a Memory returns what a File would.
+// through [Encode], the same [MaxLineSize] check, and [Decode]), so a
+// Memory refuses what a File would refuse and returns what a File would
+// return.
 // Unlike a File, a closed Memory can still be read with Records and Len,
 // so a test can inspect the dead letters after its pipeline closed the
 // sink.
 type Memory struct {
+	maxLine int // longest encoded record Write keeps: MaxLineSize, or lower in tests
+
 	mu      sync.Mutex
 	seq     uint64
 	entries map[string]memEntry
@@ -32,15 +36,16 @@ var _ Store = (*Memory)(nil)
 
 // NewMemory returns an empty Memory.
 func NewMemory() *Memory {
-	return &Memory{entries: make(map[string]memEntry)}
+	return &Memory{maxLine: MaxLineSize, entries: make(map[string]memEntry)}
 }
 
-// Write implements [Sink].
+// Write implements [Sink]. Like [File.Write], it refuses a record that
+// [Encode] rejects or whose line would exceed [MaxLineSize].
 func (m *Memory) Write(ctx context.Context, rec Record) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	line, err := Encode(rec)
+	line, err := encodeLine(rec, m.maxLine)
 	if err != nil {
 		return err
 	}

@@ -10,8 +10,8 @@ import (
 )
 
 // MaxLineSize is the largest line, excluding its newline, that a
-// dead-letter file may hold. [File.Write] refuses records that encode
-// larger, and readers report longer lines as corrupt.
+// dead-letter file may hold. [File.Write] and [Memory.Write] refuse
+// records that encode larger, and readers report longer lines as corrupt.
 const MaxLineSize = 64 << 20
 
 // TornTail describes an incomplete last line: bytes after the last newline,

@@ -334,6 +334,21 @@ func Encode(rec Record) ([]byte, error) {
 	return b, nil
 }
 
+// encodeLine is Encode plus the check every Store in this package makes
+// before it keeps a record: the line may be at most limit bytes (a File's
+// or a Memory's maxLine, which is [MaxLineSize] outside tests). File and
+// Memory both write through it, so that they refuse the same records.
+func encodeLine(rec Record, limit int) ([]byte, error) {
+	line, err := Encode(rec)
+	if err != nil {
+		return nil, err
+	}
+	if len(line) > limit {
+		return nil, fmt.Errorf("dlq: encode record: record %s encodes to %d bytes, over the %d byte line limit", rec.ID, len(line), limit)
+	}
+	return line, nil
+}
+
 // marshalLine marshals v compactly, without HTML escaping (so payloads are
 // kept byte for byte) and without a trailing newline.
 func marshalLine(v any) ([]byte, error) {
