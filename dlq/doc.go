@@ -46,6 +46,12 @@
 //     [Record.PayloadBytes]).
 //   - "payload" (any JSON value): the item; null when there is none.
 //
+// The string fields, header keys and values included, are UTF-8. A string
+// that is not valid UTF-8 is not refused: [Encode] writes U+FFFD in place
+// of each byte that is not part of a valid UTF-8 sequence, so the record
+// reads back with that change, and readers do the same to such bytes in a
+// line.
+//
 // # File layout
 //
 // A dead-letter file (see [OpenFile]) is JSON Lines, append-only: every

@@ -14,7 +14,8 @@ import (
 // Records are validated and normalized exactly as [File] does (they go
 // through [Encode], the same [MaxLineSize] check, and [Decode]), so a
 // Memory refuses what a File would refuse and returns what a File would
-// return.
+// return: times in UTC, a compacted payload, and U+FFFD in place of each
+// byte of invalid UTF-8 in strings (see [Record]).
 // Unlike a File, a closed Memory can still be read with Records and Len,
 // so a test can inspect the dead letters after its pipeline closed the
 // sink.

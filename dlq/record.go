@@ -53,6 +53,11 @@ const PayloadEncodingBase64 = "base64"
 
 // Record is one dead letter, format version 1. See the package
 // documentation for the meaning of each field on the wire.
+//
+// Its string fields, and the keys and values of Headers, are stored as
+// UTF-8: a string that is not valid UTF-8 is not refused but comes back
+// from a Store (and from [Decode] of what [Encode] wrote) with U+FFFD in
+// place of each byte that is not part of a valid UTF-8 sequence.
 type Record struct {
 	// V is the format version; [Encode] fills in [Version] when it is 0.
 	V int `json:"v"`
@@ -96,7 +101,10 @@ type Record struct {
 	SpanID string `json:"span_id,omitempty"`
 	// Traceparent is the W3C traceparent of the item.
 	Traceparent string `json:"traceparent,omitempty"`
-	// Headers are free-form metadata.
+	// Headers are free-form metadata. Like every string field, keys and
+	// values that are not valid UTF-8 come back with U+FFFD in place of
+	// each invalid byte; keys that this makes equal come back as one key,
+	// with one of their values.
 	Headers map[string]string `json:"headers,omitempty"`
 }
 
@@ -280,7 +288,11 @@ func normalizePayload(p json.RawMessage) (json.RawMessage, error) {
 // valid JSON, a base64 payload that is not a base64 JSON string, a V
 // other than [Version], or a time outside years 0-9999. Times are written
 // in UTC with nine fractional digits; zero times are omitted; an empty
-// Payload is written as null.
+// Payload is written as null. Strings that are not valid UTF-8 are not
+// rejected but normalized: in every string field and in header keys and
+// values, each byte that is not part of a valid UTF-8 sequence is written
+// as U+FFFD (the record reads back with that change; header keys it makes
+// equal are written twice, and read back as one).
 func Encode(rec Record) ([]byte, error) {
 	if rec.V == 0 {
 		rec.V = Version
@@ -374,7 +386,10 @@ func encodeTombstone(id string) ([]byte, error) {
 // tombstone is not a record and is rejected.
 //
 // The result is normalized: times are in UTC, the payload is compacted (a
-// null payload becomes nil) and empty headers become nil.
+// null payload becomes nil), empty headers become nil, and in string
+// fields and header keys and values each byte of invalid UTF-8 (which
+// Encode never writes, but another writer may) becomes U+FFFD. Of
+// duplicate header keys, the last is kept.
 func Decode(line []byte) (Record, error) {
 	rec, op, err := parseLine(line)
 	if err != nil {

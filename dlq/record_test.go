@@ -1,6 +1,7 @@
 package dlq_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -287,4 +288,42 @@ func TestErrorTypes(t *testing.T) {
 	var ve *dlq.VersionError
 	assert.ErrorAs(t, ce, &ve)
 	assert.False(t, errors.Is(ce, dlq.ErrClosed))
+}
+
+// TestInvalidUTF8BecomesReplacementChar pins the documented normalization
+// of strings that are not valid UTF-8: they are not refused, and come back
+// from Encode/Decode, a Memory and a File with U+FFFD in place of each
+// invalid byte (a NUL is valid UTF-8 and is kept).
+func TestInvalidUTF8BecomesReplacementChar(t *testing.T) {
+	ctx := context.Background()
+	r := rec(1)
+	r.Headers = map[string]string{"h": "\x00\xff\xfe", "k\xff": "v"}
+	r.Error = "bad \xc3 byte"
+	want := r
+	want.V = dlq.Version
+	want.Headers = map[string]string{"h": "\x00\uFFFD\uFFFD", "k\uFFFD": "v"}
+	want.Error = "bad \uFFFD byte"
+
+	b, err := dlq.Encode(r)
+	require.NoError(t, err, "invalid UTF-8 is not refused")
+	got, err := dlq.Decode(b)
+	require.NoError(t, err)
+	assert.Equal(t, want, got, "Encode/Decode")
+
+	m := dlq.NewMemory()
+	require.NoError(t, m.Write(ctx, r))
+	recs, err := m.Records(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []dlq.Record{want}, recs, "Memory")
+
+	f, path := openTemp(t)
+	require.NoError(t, f.Write(ctx, r))
+	recs, err = f.Records(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []dlq.Record{want}, recs, "File")
+	res, err := dlq.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, []dlq.Record{want}, res.Records, "ReadFile")
+
+	assert.Equal(t, "\x00\xff\xfe", r.Headers["h"], "the caller's record is not changed")
 }
