@@ -192,3 +192,32 @@ func TestMemoryRefusesWhatFileRefuses(t *testing.T) {
 	assert.Equal(t, []Record{fits}, recsM)
 	assert.Equal(t, recsF, recsM)
 }
+
+// TestContainsFoldAgreesWithEqualFold checks containsFold against its
+// definition: some substring of s, cut at rune boundaries, is
+// strings.EqualFold to substr.
+func TestContainsFoldAgreesWithEqualFold(t *testing.T) {
+	words := []string{"", "a", "A", "k", "K", "\u212a", "σ", "ς", "Σ", "οδος", "ΟΔΟΣ", "ß", "ẞ", "é", "É", "\xff", "\uFFFD", "ǅ", "ǆ", "Ǆ"}
+	var ss []string
+	for _, a := range words {
+		for _, b := range words {
+			ss = append(ss, a+b, a+" "+b)
+		}
+	}
+	for _, s := range ss {
+		for _, sub := range append(words, "οδος not", "σς", "kK") {
+			var cuts []int // rune boundaries, as a range loop steps
+			for i := range s {
+				cuts = append(cuts, i)
+			}
+			cuts = append(cuts, len(s))
+			want := false
+			for _, i := range cuts {
+				for _, j := range cuts {
+					want = want || (i <= j && strings.EqualFold(s[i:j], sub))
+				}
+			}
+			assert.Equal(t, want, containsFold(s, sub), "containsFold(%q, %q)", s, sub)
+		}
+	}
+}

@@ -327,3 +327,28 @@ func TestInvalidUTF8BecomesReplacementChar(t *testing.T) {
 
 	assert.Equal(t, "\x00\xff\xfe", r.Headers["h"], "the caller's record is not changed")
 }
+
+// TestFilterMatchFoldsCase checks that Match compares under Unicode case
+// folding, as strings.EqualFold does, not by lowering both sides (which
+// turns "Σ" into "σ" and misses the final sigma "ς").
+func TestFilterMatchFoldsCase(t *testing.T) {
+	for _, tc := range []struct {
+		match, err string
+		want       bool
+	}{
+		{"οδος", "ΟΔΟΣ not found", true}, // final sigma against capital sigma
+		{"ΟΔΟΣ", "οδος not found", true},
+		{"οδοσ", "ΟΔΟς not found", true},
+		{"NOT FOUND", "ΟΔΟΣ not found", true}, // ASCII
+		{"found", "ΟΔΟΣ NOT FOUND", true},
+		{"\u212a", "k", true}, // Kelvin sign
+		{"", "ΟΔΟΣ not found", true},
+		{"", "", true},
+		{"οδος", "ΟΔΟ not found", false},
+		{"refused", "ΟΔΟΣ not found", false},
+		{"x", "", false},
+	} {
+		r := dlq.Record{ID: "x", Stage: "s", Reason: dlq.ReasonError, Error: tc.err}
+		assert.Equal(t, tc.want, dlq.Filter{Match: tc.match}.Matches(r), "Match %q, Error %q", tc.match, tc.err)
+	}
+}
