@@ -211,7 +211,8 @@ func WithoutItemSpans() Option {
 }
 
 // WithBaggage also puts each item's correlation ID into the baggage of its calls' contexts
-// (off by default: baggage travels with every outgoing call).
+// (off by default: baggage travels with every outgoing call). It rides on the item spans: with
+// WithoutItemSpans, or with no SDK installed, there is none.
 func WithBaggage() Option {
 	return func(o *options) { o.tel.Baggage = true }
 }
@@ -380,23 +381,19 @@ func (r Report) copied() Report {
 
 func (j *Job) snapshot() Report {
 	t := j.totals
-	r := Report{
-		Pipeline:     j.name,
-		Admitted:     t.Admitted.Load(),
-		Spawned:      t.Spawned.Load(),
-		DeadLettered: t.DeadLettered.Load(),
-		Rejected:     t.Rejected.Load(),
-		Returned:     t.Returned.Load(),
-		Stranded:     t.Stranded.Load(),
-		Abandoned:    t.Abandoned.Load(),
-		Started:      j.started,
-		Duration:     time.Since(j.started),
-	}
+	// The terminal counts first, then what came in: a unit is counted in before it can end, so
+	// read in this order a live snapshot never shows more ended than came in (a negative
+	// InFlight).
+	r := Report{Pipeline: j.name, Started: j.started}
 	for _, n := range j.nodes {
 		d, f := n.Units()
 		r.Delivered += d
 		r.Filtered += f
 	}
+	r.DeadLettered, r.Returned, r.Stranded = t.DeadLettered.Load(), t.Returned.Load(), t.Stranded.Load()
+	r.Rejected, r.Abandoned = t.Rejected.Load(), t.Abandoned.Load()
+	r.Admitted, r.Spawned = t.Admitted.Load(), t.Spawned.Load()
+	r.Duration = time.Since(j.started)
 	r.Ingested = r.Admitted + r.Rejected + r.Spawned
 	r.InFlight = r.Ingested - (r.Delivered + r.Filtered + r.DeadLettered + r.Rejected + r.Returned + r.Stranded)
 	for _, n := range j.nodes {

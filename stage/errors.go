@@ -1,7 +1,6 @@
 package stage
 
 import (
-	"errors"
 	"fmt"
 	"time"
 )
@@ -9,7 +8,14 @@ import (
 // ErrShutdown is the error of an item parked by a drain: the run stopped before the item was
 // done. Such items are dead-lettered with reason shutdown, or handed back to a source that can
 // redeliver them.
-var ErrShutdown = errors.New("sluice: the run was stopped before the item was done")
+var ErrShutdown error = shutdownError{}
+
+type shutdownError struct{}
+
+func (shutdownError) Error() string { return "sluice: the run was stopped before the item was done" }
+
+// ErrorType implements retry.ErrorTyper.
+func (shutdownError) ErrorType() string { return "shutdown" }
 
 // PanicError is the failure of an attempt whose function panicked.
 type PanicError struct {

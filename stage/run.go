@@ -793,13 +793,13 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	r.env.Logger.Warn("sluice: abandoned a call that ignores its cancelled context",
 		slog.String("stage", r.s.name), slog.Int("attempt", w.curAttempt), slog.Bool("draining", draining))
 	attempts, first := w.curAttempt, r.wallTime(w.curStart)
-	for i, e := range w.cur {
+	for _, e := range w.cur {
 		if draining {
-			r.park(e, attempts-1, first, spanOnce(w.curSpan, i))
+			r.park(e, attempts-1, first, w.curSpan)
 			continue
 		}
 		err := &TimeoutError{Timeout: r.s.cfg.timeout, Abandoned: true}
-		r.deadLetter(e, dlq.ReasonTimeout, err, attempts, first, "", spanOnce(w.curSpan, i))
+		r.deadLetter(e, dlq.ReasonTimeout, err, attempts, first, "", w.curSpan)
 	}
 	if w.inline {
 		close(w.gone) // release the caller; the pool is unaffected
@@ -870,7 +870,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		if attempt == 1 && first != nil {
 			err = *first // the attempt was made and counted; a lean stage has no breaker
 		} else {
-			if len(items) == 1 {
+			if len(items) == 1 && r.s.kind != KindBatch { // (a batch call has no correlation ID, even of one item)
 				w.info.set(&items[0].M, attempt, r.policy.MaxAttempts)
 			} else {
 				w.info.set(&core.Meta{}, attempt, r.policy.MaxAttempts)
@@ -1171,11 +1171,9 @@ func (w *worker[In, Out]) handle(i int, done *error) bool {
 	outcome := tracing.OutcomeSucceeded
 	switch {
 	case v == vShutdown:
-		outcome = tracing.OutcomeReturned
-		r.park(*e, f.attempts, f.first, span)
+		outcome, f.err = r.park(*e, f.attempts, f.first, span)
 	case v == vFailed:
-		outcome = tracing.OutcomeDeadLettered
-		r.deadLetter(*e, f.reason, f.err, f.attempts, f.first, f.stack, span)
+		outcome = r.deadLetter(*e, f.reason, f.err, f.attempts, f.first, f.stack, span)
 	case r.s.kind == KindFlatMap:
 		if len(outs) == 0 {
 			outcome = tracing.OutcomeFiltered
@@ -1312,7 +1310,10 @@ func (w *worker[In, Out]) runBatch() bool {
 		}
 		items = append(items[:0], w.buf[:n]...)
 		closed := false
-		timer.Reset(r.s.maxWait)
+		// maxWait counts from the first item's arrival (its queue stamp), not from when this
+		// worker came for it: an item that waited behind a slow batch goes with what is queued
+		// by then.
+		timer.Reset(max(r.s.maxWait-time.Duration(max(r.env.Clock.Now()-items[0].M.Enqueued, 0)), 0)) // (a stamp is at least 1)
 		for len(items) < r.s.size {
 			m, ok := r.in.Pop(w.buf[:r.s.size-len(items)], true, 0, timer.C, r.env.Work.Done())
 			if !ok {
@@ -1329,12 +1330,14 @@ func (w *worker[In, Out]) runBatch() bool {
 		w.k = len(items)
 		w.takenAt = r.env.Clock.Now()
 		inc(&w.c.in, int64(len(items)))
+		var longest time.Duration
 		for _, e := range items {
 			wait := time.Duration(w.takenAt - e.M.Enqueued)
 			w.t.wait.Record(wait)
 			r.tel.RecordWait(w.ctx, wait)
+			longest = max(longest, wait)
 		}
-		if !w.handleBatch(items) {
+		if !w.handleBatch(items, longest) {
 			return false
 		}
 		w.publish()
@@ -1347,7 +1350,7 @@ func (w *worker[In, Out]) runBatch() bool {
 	}
 }
 
-func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
+func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], wait time.Duration) bool {
 	r := w.r
 	if r.env.Work.Err() != nil {
 		for _, e := range items {
@@ -1367,7 +1370,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 		for i := range items {
 			scs[i] = items[i].M.Span()
 		}
-		base, span = r.tel.Start(w.ctx, trace.SpanContext{}, "", time.Duration(start-w.takenAt), tracing.Links(nil, scs...)...)
+		base, span = r.tel.Start(w.ctx, trace.SpanContext{}, "", wait+time.Duration(start-w.takenAt), tracing.Links(nil, scs...)...)
 	}
 	w.curSpan = span
 	var out Out
@@ -1381,16 +1384,19 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	w.curSpan = nil
 	switch v {
 	case vShutdown:
-		w.stopTiming(start, base, tracing.OutcomeReturned, nil)
-		for i, e := range items {
-			r.park(e, f.attempts, f.first, spanOnce(span, i))
+		// (One work time per call: it takes the first item's outcome, as the span does.)
+		outcome, err := r.park(items[0], f.attempts, f.first, span)
+		for _, e := range items[1:] {
+			r.park(e, f.attempts, f.first, span)
 		}
+		w.stopTiming(start, base, outcome, err)
 		return true
 	case vFailed:
-		w.stopTiming(start, base, tracing.OutcomeDeadLettered, f.err)
-		for i, e := range items {
-			r.deadLetter(e, f.reason, f.err, f.attempts, f.first, f.stack, spanOnce(span, i))
+		outcome := r.deadLetter(items[0], f.reason, f.err, f.attempts, f.first, f.stack, span)
+		for _, e := range items[1:] {
+			r.deadLetter(e, f.reason, f.err, f.attempts, f.first, f.stack, span)
 		}
+		w.stopTiming(start, base, outcome, f.err)
 		return true
 	}
 	w.stopTiming(start, base, tracing.OutcomeSucceeded, nil)
@@ -1417,40 +1423,34 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In]) bool {
 	return true
 }
 
-// spanOnce gives a batch's span to its first item only, so that the span records the failure
-// once and ends once.
-func spanOnce(span trace.Span, i int) trace.Span {
-	if i == 0 {
-		return span
-	}
-	return nil
-}
-
 // park ends an item cut off by a drain: handed back to a source that can redeliver it, or
-// dead-lettered with reason shutdown. attempts counts the attempts that failed before the cut.
+// dead-lettered with reason shutdown. It returns the outcome (and for a dead letter its error),
+// for the work-time metric. attempts counts the attempts that failed before the cut.
 // span, if not nil, is the item's span in this stage: park records the outcome and ends it.
-func (r *Runner[In, Out]) park(e core.Envelope[In], attempts int, first time.Time, span trace.Span) {
+// The items of a batch share their span: the first one's outcome is recorded (an ended span
+// records nothing more), and every dead letter names the span.
+func (r *Runner[In, Out]) park(e core.Envelope[In], attempts int, first time.Time, span trace.Span) (outcome string, err error) {
 	if e.M.Tracker != nil && !r.env.Failed() {
 		r.stats.returned.Add(1)
 		r.env.Totals.Returned.Add(int64(e.M.Weight))
 		e.M.Tracker.Done(core.NotDone)
 		r.endSpan(span, tracing.OutcomeReturned)
-		return
+		return tracing.OutcomeReturned, nil
 	}
 	if first.IsZero() {
 		first = time.Now()
 	}
-	r.deadLetter(e, dlq.ReasonShutdown, ErrShutdown, attempts, first, "", span)
+	return r.deadLetter(e, dlq.ReasonShutdown, ErrShutdown, attempts, first, "", span), ErrShutdown
 }
 
 // deadLetter writes the item's record durably and counts it, or strands the item and fails the
 // run when the record cannot be written. span, if not nil, is the item's span in this stage:
 // its trace context goes into the record, and deadLetter records the failure on it and ends it.
-func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cause error, attempts int, first time.Time, stack string, span trace.Span) {
+func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cause error, attempts int, first time.Time, stack string, span trace.Span) (outcome string) {
 	if r.env.Failed() {
 		r.strand(e)
 		r.endSpan(span, tracing.OutcomeStranded)
-		return
+		return tracing.OutcomeStranded
 	}
 	now := time.Now()
 	if first.IsZero() {
@@ -1474,9 +1474,6 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 		Source:         e.M.SourceName(),
 		Headers:        maps.Clone(e.M.Headers()), // the record's own: a flat-map's outputs share the item's
 	}
-	if reason == dlq.ReasonShutdown {
-		rec.ErrorType = "shutdown"
-	}
 	sc := e.M.Span()
 	if span != nil {
 		sc = span.SpanContext()
@@ -1499,7 +1496,7 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 		r.strand(e)
 		r.endSpan(span, tracing.OutcomeStranded)
 		r.env.Fail(err)
-		return
+		return tracing.OutcomeStranded
 	}
 	r.stats.deadLetters[reasonIndex(reason)].Add(1)
 	r.env.Totals.DeadLettered.Add(int64(e.M.Weight))
@@ -1516,6 +1513,7 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 		slog.String("stage", r.s.name), slog.String("correlation_id", rec.CorrelationID),
 		slog.Int("attempt", attempts), slog.String("reason", string(reason)),
 		slog.String("error", rec.Error), slog.String("record_id", rec.ID))
+	return tracing.OutcomeDeadLettered
 }
 
 // strand ends an item that can reach no terminal state because the run failed.

@@ -85,7 +85,8 @@
 // With [Config.Baggage] the correlation ID is also put in the context's
 // baggage as member "sluice.correlation_id", so that it reaches every
 // downstream call; it is off by default because baggage goes to every
-// destination.
+// destination. It is set where the item's span starts, so it needs the item
+// spans (an SDK, and not DisableItemSpans).
 //
 // # Metrics
 //

@@ -12,7 +12,9 @@ import (
 
 // StageSnapshot is what stage code reports for one stage when the metrics
 // callback runs: the stage's own counters, read (atomically) at that moment.
-// Counters are cumulative since the run started and never decrease.
+// Counters are cumulative since the run started and never decrease. A run's
+// callback is unregistered when the run ends: a collection after that no
+// longer reports its counters (its final counts are in its Report).
 type StageSnapshot struct {
 	// Stage is the stage name, as given to [Telemetry.Stage].
 	Stage string

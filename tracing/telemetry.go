@@ -34,7 +34,9 @@ type Config struct {
 	// Baggage also puts the correlation ID into the context's baggage, as
 	// member [BaggageCorrelationID], so that it reaches downstream services.
 	// Off by default: the propagator sends baggage with every outgoing call
-	// made under that context, to every destination.
+	// made under that context, to every destination. It is set where an
+	// item's span starts ([StageTelemetry.StartLazy]), so only when
+	// [Telemetry.TracingEnabled].
 	Baggage bool
 }
 

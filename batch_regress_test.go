@@ -1,0 +1,222 @@
+package sluice_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/sluicehq/sluice/dlq"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/retry"
+	"github.com/sluicehq/sluice/stage"
+)
+
+// Regression tests for the findings of a review of batch stages, live counts and their traces
+// against the docs.
+
+// Every dead letter of a failed batch names the batch's span (a replay links to it), not only
+// the first item's: the span was given to the first item alone, so that it ended once.
+func TestBatchDeadLettersNameTheFailingSpan(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	up := stage.Batch("upload", 3, time.Hour, func(context.Context, []int) (int, error) {
+		return 0, retry.Permanent(errors.New("rejected"))
+	}, stage.Workers(1))
+	mem := dlq.NewMemory()
+	p, err := pipeline.New("batch", pipeline.Then(pipeline.Input[int](), up), pipeline.WithDLQ(mem), pipeline.WithTracerProvider(tp))
+	require.NoError(t, err)
+	_, err = p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3}))
+	require.NoError(t, err)
+	var spans []sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.Name() == "process upload" {
+			spans = append(spans, s)
+		}
+	}
+	require.Len(t, spans, 1, "one span for the batch, ended once")
+	recs, err := mem.Records(context.Background())
+	require.NoError(t, err)
+	require.Len(t, recs, 3)
+	for _, r := range recs {
+		assert.Equal(t, spans[0].SpanContext().SpanID().String(), r.SpanID, "record of %s", r.CorrelationID)
+		assert.Equal(t, spans[0].SpanContext().TraceID().String(), r.TraceID, "record of %s", r.CorrelationID)
+	}
+}
+
+// A batch span's sluice.queue.wait is its items' longest wait in the queue (it was the time
+// between taking the batch and calling, about 0).
+func TestBatchSpanQueueWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		defer func() { _ = tp.Shutdown(context.Background()) }()
+		up := stage.Batch("upload", 1, time.Hour, func(_ context.Context, b []int) (int, error) {
+			time.Sleep(time.Second) // the next item waits for this worker
+			return len(b), nil
+		}, stage.Workers(1))
+		p, err := pipeline.New("batch", pipeline.Then(pipeline.Input[int](), up), pipeline.WithTracerProvider(tp))
+		require.NoError(t, err)
+		_, err = p.Run(context.Background(), pipeline.FromSlice([]int{1, 2}))
+		require.NoError(t, err)
+		var waits []float64
+		for _, s := range rec.Ended() {
+			for _, kv := range s.Attributes() {
+				if kv.Key == "sluice.queue.wait" {
+					waits = append(waits, kv.Value.AsFloat64())
+				}
+			}
+		}
+		require.Len(t, waits, 2)
+		assert.InDelta(t, 0, waits[0], 1e-6)
+		assert.InDelta(t, 1, waits[1], 1e-6, "the second item waited a second for the worker")
+	})
+}
+
+// A batch call has no correlation ID (its items each have their own), even when the batch holds
+// one item.
+func TestBatchCallHasNoCorrelationID(t *testing.T) {
+	var mu sync.Mutex
+	var ids []string
+	b := stage.Batch("b", 2, time.Millisecond, func(ctx context.Context, b []int) (int, error) {
+		mu.Lock()
+		ids = append(ids, stage.CorrelationID(ctx))
+		mu.Unlock()
+		return len(b), nil
+	}, stage.Workers(1))
+	p, err := pipeline.New("batch", pipeline.Then(pipeline.Input[int](), b))
+	require.NoError(t, err)
+	_, err = p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3}).KeyBy(func(n int) string { return fmt.Sprint("key-", n) }))
+	require.NoError(t, err)
+	require.Len(t, ids, 2, "{1, 2} and {3}")
+	assert.Equal(t, []string{"", ""}, ids)
+}
+
+// A batch's maxWait counts from its first item's arrival: an item that waited behind a slow
+// batch for longer than maxWait goes at once with what is queued, rather than wait maxWait more
+// (for an item that arrives a second later, here).
+func TestBatchMaxWaitCountsFromArrival(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var batches [][]int
+		var at []time.Duration
+		start := time.Now()
+		b := stage.Batch("b", 2, 100*time.Millisecond, func(_ context.Context, b []int) (int, error) {
+			mu.Lock()
+			batches = append(batches, append([]int(nil), b...))
+			at = append(at, time.Since(start))
+			mu.Unlock()
+			if b[0] == 1 {
+				time.Sleep(time.Second) // the worker is busy with the first batch
+			}
+			return len(b), nil
+		}, stage.Workers(1))
+		p, err := pipeline.New("batch", pipeline.Then(pipeline.Input[int](), b))
+		require.NoError(t, err)
+		push := pipeline.NewPush[int]()
+		job, err := p.Start(context.Background(), push)
+		require.NoError(t, err)
+		for _, n := range []int{1, 2, 3} { // 3 arrives at 0 and waits behind {1, 2}
+			require.NoError(t, push.Submit(context.Background(), n))
+		}
+		time.Sleep(1050 * time.Millisecond)
+		require.NoError(t, push.Submit(context.Background(), 4))
+		push.Close()
+		_, err = job.Wait()
+		require.NoError(t, err)
+		assert.Equal(t, [][]int{{1, 2}, {3}, {4}}, batches)
+		assert.Equal(t, []time.Duration{0, time.Second, 1050 * time.Millisecond}, at, "{4} goes when the input closes")
+	})
+}
+
+// A live snapshot never shows more units ended than came in: Stats read the admissions first
+// and the deliveries after, so that what was admitted and delivered in between made InFlight
+// negative.
+func TestLiveStatsNeverShowMoreEndedThanCameIn(t *testing.T) {
+	items := make([]int, 100000)
+	p, err := pipeline.New("live", pipeline.Then(pipeline.Input[int](),
+		stage.Sink("s", func(context.Context, int) error { return nil }, stage.Workers(2))))
+	require.NoError(t, err)
+	job, err := p.Start(context.Background(), pipeline.FromSlice(items))
+	require.NoError(t, err)
+	for n := 0; ; n++ {
+		select {
+		case <-job.Done():
+			rep, err := job.Wait()
+			require.NoError(t, err)
+			requireBalanced(t, rep)
+			t.Logf("%d snapshots", n)
+			return
+		default:
+		}
+		s := job.Stats()
+		if s.InFlight < 0 {
+			t.Fatalf("a live snapshot with InFlight %d: %+v", s.InFlight, s)
+		}
+	}
+}
+
+// An item a drain dead-letters with reason shutdown is recorded on the work-time histogram as
+// dead_lettered with error.type shutdown, as its span and the outcome counter say (the
+// histogram said returned, the outcome of an item handed back to its source).
+func TestShutdownDeadLetterWorkTimeOutcome(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		defer func() { _ = mp.Shutdown(context.Background()) }()
+		called := make(chan struct{}, 1)
+		st := stage.Map("s", func(context.Context, int) (int, error) {
+			select {
+			case called <- struct{}{}:
+			default:
+			}
+			return 0, errors.New("flaky")
+		}, stage.Retry(retry.Policy{MaxAttempts: 5, InitialInterval: time.Hour, MaxInterval: time.Hour, NoJitter: true}))
+		mem := dlq.NewMemory()
+		p, err := pipeline.New("shut", pipeline.Then(pipeline.Input[int](), st), pipeline.WithDLQ(mem),
+			pipeline.WithMeterProvider(mp), pipeline.WithDrainTimeout(time.Second))
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		push := pipeline.NewPush[int]()
+		job, err := p.Start(ctx, push)
+		require.NoError(t, err)
+		require.NoError(t, push.Submit(context.Background(), 1))
+		<-called
+		synctest.Wait() // the worker is in its backoff
+		cancel()
+		push.Close()
+		_, err = job.Wait()
+		require.NoError(t, err)
+		recs, err := mem.Records(context.Background())
+		require.NoError(t, err)
+		require.Len(t, recs, 1)
+		assert.Equal(t, dlq.ReasonShutdown, recs[0].Reason)
+		assert.Equal(t, "shutdown", recs[0].ErrorType)
+		var rm metricdata.ResourceMetrics
+		require.NoError(t, reader.Collect(context.Background(), &rm))
+		got := map[string]uint64{}
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				if h, ok := m.Data.(metricdata.Histogram[float64]); ok && m.Name == "sluice.stage.item.duration" {
+					for _, dp := range h.DataPoints {
+						o, _ := dp.Attributes.Value("sluice.outcome")
+						e, _ := dp.Attributes.Value("error.type")
+						got[o.AsString()+"/"+e.AsString()] += dp.Count
+					}
+				}
+			}
+		}
+		assert.Equal(t, map[string]uint64{"dead_lettered/shutdown": 1}, got)
+	})
+}
