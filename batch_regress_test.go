@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -219,4 +221,48 @@ func TestShutdownDeadLetterWorkTimeOutcome(t *testing.T) {
 		}
 		assert.Equal(t, map[string]uint64{"dead_lettered/shutdown": 1}, got)
 	})
+}
+
+// spyPropagator counts its extractions.
+type spyPropagator struct {
+	propagation.TextMapPropagator
+	calls *atomic.Int32
+}
+
+func (s spyPropagator) Extract(ctx context.Context, c propagation.TextMapCarrier) context.Context {
+	s.calls.Add(1)
+	return s.TextMapPropagator.Extract(ctx, c)
+}
+
+// An item submitted without a span but with trace context in its headers (a message from
+// another process) continues that trace, read by the configured propagator: WithPropagator was
+// never used.
+func TestItemHeadersCarryItsTrace(t *testing.T) {
+	const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	var calls atomic.Int32
+	for name, opts := range map[string][]pipeline.Option{
+		"default propagator": nil,
+		"WithPropagator":     {pipeline.WithPropagator(spyPropagator{propagation.TraceContext{}, &calls})},
+	} {
+		t.Run(name, func(t *testing.T) {
+			rec := tracetest.NewSpanRecorder()
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+			defer func() { _ = tp.Shutdown(context.Background()) }()
+			p, err := pipeline.New("prop", pipeline.Then(pipeline.Input[int](), stage.Map("s", same)),
+				append([]pipeline.Option{pipeline.WithTracerProvider(tp)}, opts...)...)
+			require.NoError(t, err)
+			push := pipeline.NewPush[int]()
+			job, err := p.Start(context.Background(), push)
+			require.NoError(t, err)
+			require.NoError(t, push.SubmitItem(context.Background(), pipeline.Item[int]{Value: 1, Headers: map[string]string{"traceparent": traceparent}}))
+			push.Close()
+			_, err = job.Wait()
+			require.NoError(t, err)
+			spans := rec.Ended()
+			require.Len(t, spans, 1)
+			assert.Equal(t, "0af7651916cd43dd8448eb211c80319c", spans[0].SpanContext().TraceID().String())
+			assert.Equal(t, "b7ad6b7169203331", spans[0].Parent().SpanID().String())
+		})
+	}
+	assert.EqualValues(t, 1, calls.Load(), "the configured propagator read the headers")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -167,4 +168,26 @@ func TestLateResultWithinTheGraceIsKept(t *testing.T) {
 		assert.Equal(t, 2, recs[0].Attempts)
 		assert.Equal(t, "timeout", recs[0].ErrorType)
 	})
+}
+
+// Report.Balanced can fail: it was a sum that held by construction (InFlight is what the other
+// counts leave), so the example job's "balanced" could not tell a lost unit. Now a report with
+// units in flight, or whose counts or stages do not add up, is not balanced.
+func TestBalancedCanFail(t *testing.T) {
+	p, err := pipeline.New("p", pipeline.Then(pipeline.Input[int](), stage.Map("m", same)))
+	require.NoError(t, err)
+	rep, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3}))
+	require.NoError(t, err)
+	require.True(t, rep.Balanced(), "%+v", rep)
+	for name, spoil := range map[string]func(r *pipeline.Report){
+		"in flight":         func(r *pipeline.Report) { r.InFlight, r.Delivered = 1, r.Delivered-1 },
+		"lost":              func(r *pipeline.Report) { r.Delivered-- },
+		"ingested":          func(r *pipeline.Report) { r.Admitted++ },
+		"stage lost a unit": func(r *pipeline.Report) { r.Stages[0].Succeeded-- },
+	} {
+		r := rep
+		r.Stages = slices.Clone(rep.Stages)
+		spoil(&r)
+		assert.False(t, r.Balanced(), name)
+	}
 }

@@ -199,8 +199,10 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 	return func(o *options) { o.tel.MeterProvider = mp }
 }
 
-// WithPropagator sets the propagator of trace context into headers (default: W3C trace
-// context and baggage).
+// WithPropagator sets the propagator that reads an item's trace context from its Headers when
+// it was submitted without a span in its Context, as a message from another process carries it
+// (default: W3C trace context and baggage). It is used only with tracing on. Dead-letter records
+// keep their W3C traceparent field whatever the propagator.
 func WithPropagator(p propagation.TextMapPropagator) Option {
 	return func(o *options) { o.tel.Propagator = p }
 }
@@ -343,9 +345,21 @@ type Report struct {
 	Duration time.Duration `json:"duration_ns"`
 }
 
-// Balanced reports whether the report's counts add up.
+// Balanced reports whether the report accounts for every unit: none in flight, each that came
+// in (admitted, rejected or spawned) in one terminal state, and stage by stage each input
+// succeeded, filtered, dead-lettered, returned or stranded. A finished run's report is balanced
+// unless something was lost; a live one (Stats) is not while units are in flight.
 func (r Report) Balanced() bool {
-	return r.Ingested == r.Delivered+r.Filtered+r.DeadLettered+r.Rejected+r.Returned+r.Stranded+r.InFlight
+	if r.InFlight != 0 || r.Ingested != r.Admitted+r.Rejected+r.Spawned ||
+		r.Ingested != r.Delivered+r.Filtered+r.DeadLettered+r.Rejected+r.Returned+r.Stranded {
+		return false
+	}
+	for _, s := range r.Stages {
+		if s.In != s.Succeeded+s.Filtered+s.DeadLettered+s.Returned+s.Stranded {
+			return false
+		}
+	}
+	return true
 }
 
 // Job is one run of a pipeline in progress.
@@ -602,6 +616,10 @@ func (r *run[In]) admit(in *ingress[In], it Item[In]) error {
 	if it.Context != nil {
 		span = trace.SpanContextFromContext(it.Context)
 		itemDone = it.Context.Done()
+	}
+	if !span.IsValid() && len(it.Headers) > 0 && r.p.tel.TracingEnabled() {
+		// A message from another process: its trace goes on from the context in its headers.
+		span = trace.SpanContextFromContext(tracing.Extract(context.Background(), it.Headers, r.p.tel.Propagator()))
 	}
 	h := it.Headers
 	if len(h) > 0 {

@@ -39,7 +39,9 @@ type Item[T any] struct {
 	// Index is the item's position in its input, from 1, used as its source when Source is
 	// empty (the slice, channel and iterator sources set it).
 	Index int64
-	// Headers is user metadata copied into the item's dead letters.
+	// Headers is user metadata copied into the item's dead letters. With tracing on, an item
+	// whose Context has no span takes its parent from the trace context in them, if any (see
+	// WithPropagator).
 	Headers map[string]string
 	// Ack, if set, is called exactly once when the item and everything derived from it reached
 	// a terminal state, and never before that state is durable. It is called from a worker, or,
