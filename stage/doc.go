@@ -19,8 +19,10 @@
 // order of failure handling is fixed: attempt, retry per the policy, then dead letter. A panic
 // fails the attempt (reason panic, stack kept); an error wrapped with retry.Permanent is not
 // retried; an error carrying a delay (retry.After) is retried after that delay; an attempt that
-// outlives its timeout fails with reason timeout, and if the function ignores its cancelled
-// context for longer than the grace period its worker is replaced, so the pool keeps its size.
+// outlives its timeout has its context cancelled and, if its call then fails, fails with reason
+// timeout (a result that comes back within the grace period is kept); if the function ignores
+// its cancelled context for longer than the grace period the call is abandoned and its worker
+// replaced, so the pool keeps its size.
 // When the pipeline drains, calls are cancelled, never retried, and their items parked.
 //
 // A function must not change its input, nor anything the input points to: return a new value
