@@ -266,3 +266,42 @@ func TestItemHeadersCarryItsTrace(t *testing.T) {
 	}
 	assert.EqualValues(t, 1, calls.Load(), "the configured propagator read the headers")
 }
+
+// A caller blocked for room in Submit is not counted as admitted (nor in flight) while it waits:
+// live Stats showed callers held up at the door as in the pipeline, beyond its bound.
+func TestBlockedSubmitIsNotAdmitted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newGate()
+		m := stage.Map("m", g.fn, stage.Workers(1), stage.Capacity(0))
+		p, err := pipeline.New("door", pipeline.Then(pipeline.Input[int](), m))
+		require.NoError(t, err)
+		push := pipeline.NewPush[int]()
+		job, err := p.Start(context.Background(), push)
+		require.NoError(t, err)
+		require.NoError(t, push.Submit(context.Background(), 1))
+		<-g.held // item 1 holds the stage's only slot
+		ctx, cancel := context.WithCancel(context.Background())
+		errs := make(chan error, 3)
+		for n := 2; n <= 4; n++ {
+			go func() { errs <- push.Submit(ctx, n) }() // three callers blocked for room
+		}
+		synctest.Wait()
+		s := job.Stats()
+		assert.EqualValues(t, 1, s.Admitted)
+		assert.EqualValues(t, 1, s.InFlight)
+		cancel() // the callers give up: their items were never taken
+		for range 3 {
+			require.ErrorIs(t, <-errs, context.Canceled)
+		}
+		go func() { errs <- push.Submit(context.Background(), 5) }() // waits, then goes in
+		synctest.Wait()
+		assert.EqualValues(t, 1, job.Stats().Admitted)
+		close(g.release)
+		require.NoError(t, <-errs)
+		push.Close()
+		rep, err := job.Wait()
+		require.NoError(t, err)
+		assert.EqualValues(t, 2, rep.Admitted)
+		requireBalanced(t, rep)
+	})
+}

@@ -322,7 +322,8 @@ type Report struct {
 	// Ingested counts every unit that entered: admitted from the source, rejected at ingress,
 	// and Spawned.
 	Ingested int64 `json:"ingested"`
-	// Admitted counts the items the source handed over and the pipeline took.
+	// Admitted counts the items the source handed over and the pipeline took (live, not those
+	// of callers still waiting for room).
 	Admitted int64 `json:"admitted"`
 	// Spawned is the net number of units flat-maps added (outputs minus inputs expanded).
 	Spawned      int64 `json:"spawned"`

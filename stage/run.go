@@ -111,6 +111,9 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 	}
 	r.in.Policy, _ = s.cfg.overflow.Queue()
 	r.in.Inline = r.runInline
+	if env.Totals != nil {
+		r.in.Offered = &env.Totals.Admitted // the source's admissions and Inject's both count first
+	}
 	if r.traced || s.kind == KindBatch {
 		r.in.StampAll() // a span, or a batch's max wait, needs every item's queue wait
 	}

@@ -49,6 +49,10 @@ type Queue[T any] struct {
 	Inline func(e Envelope[T])
 	// Policy is the overflow policy of Push.
 	Policy Overflow
+	// Offered, if set, is a count in which Offer's callers count their item before the call
+	// (the run's admitted items): while an Offer waits for room its item is taken out of it, so
+	// that a live count holds only items the pipeline took, not callers held up at its door.
+	Offered *atomic.Int64
 }
 
 // NewQueue returns a queue of slots slots, drained by consumers workers.
@@ -258,7 +262,7 @@ const (
 // ones, or new ones), which the caller hands to Evict outside the lock; and stopped when stop1
 // or stop2 ended while it waited (items[n:] were not put in). Before it first waits for room
 // it calls beforeWait, if not nil, outside the lock.
-func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}, beforeWait func()) (n int, evicted []Envelope[T], stopped, hurry bool) {
+func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-chan struct{}, beforeWait func(), offered *atomic.Int64) (n int, evicted []Envelope[T], stopped, hurry bool) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -323,12 +327,18 @@ func (q *Queue[T]) insert(items []Envelope[T], policy Overflow, stop1, stop2 <-c
 			// instructions, and the yield lets it run if it shares this processor.
 			runtime.Gosched()
 		}
+		if offered != nil {
+			offered.Add(-1) // (see Offered)
+		}
 		woken := false
 		select {
 		case <-q.notFull:
 			woken, resumed = true, true
 		case <-stop1:
 		case <-stop2:
+		}
+		if offered != nil {
+			offered.Add(1)
 		}
 		q.mu.Lock()
 		q.prodWait--
@@ -371,7 +381,7 @@ func (q *Queue[T]) PushWith(stop <-chan struct{}, items []Envelope[T], heldUp fu
 	if onWait {
 		beforeWait = heldUp
 	}
-	n, evicted, stopped, _ := q.insert(items, q.Policy, stop, nil, beforeWait)
+	n, evicted, stopped, _ := q.insert(items, q.Policy, stop, nil, beforeWait, nil)
 	if heldUp != nil && (len(evicted) > 0 || stopped) {
 		heldUp()
 	}
@@ -425,7 +435,7 @@ func (q *Queue[T]) Offer(e Envelope[T], policy Overflow, stop1, stop2 <-chan str
 		return Admitted
 	}
 	q.mu.Unlock()
-	n, evicted, stopped, hurry := q.insert(one[:], policy, stop1, stop2, nil)
+	n, evicted, stopped, hurry := q.insert(one[:], policy, stop1, stop2, nil, q.Offered)
 	q.evict(evicted)
 	switch {
 	case n == 1:
