@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // Memory is an in-memory [Store], for tests and for pipelines that do not
@@ -99,9 +101,29 @@ func (m *Memory) Delete(ctx context.Context, ids ...string) error {
 		return fmt.Errorf("dlq: memory delete: %w", ErrClosed)
 	}
 	for _, id := range ids {
-		delete(m.entries, id)
+		delete(m.entries, asWritten(id)) // (the record is kept under its ID as written)
 	}
 	return nil
+}
+
+// asWritten returns s as a record's string field comes back once written: each byte that is not
+// part of valid UTF-8 replaced by U+FFFD, as encoding/json writes it. File's tombstones name an
+// ID the same way, so Memory and File delete the same records.
+func asWritten(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			b.WriteRune(utf8.RuneError)
+		} else {
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // Len returns the number of live records. It works after Close too.

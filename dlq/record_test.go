@@ -352,3 +352,21 @@ func TestFilterMatchFoldsCase(t *testing.T) {
 		assert.Equal(t, tc.want, dlq.Filter{Match: tc.match}.Matches(r), "Match %q, Error %q", tc.match, tc.err)
 	}
 }
+
+// A record whose ID has bytes that are not UTF-8 is kept under its ID as written (U+FFFD for each
+// such byte): Delete with the ID as given removes it from a Memory as from a File, whose
+// tombstone names the ID the same way (Memory's Delete looked the raw bytes up and missed it).
+func TestDeleteFindsAnIDWithInvalidUTF8(t *testing.T) {
+	ctx := context.Background()
+	r := rec(1)
+	r.ID = "01ID\xffX"
+	m := dlq.NewMemory()
+	f, _ := openTemp(t)
+	for name, s := range map[string]dlq.Store{"Memory": m, "File": f} {
+		require.NoError(t, s.Write(ctx, r), name)
+		require.NoError(t, s.Delete(ctx, r.ID), name)
+		recs, err := s.Records(ctx)
+		require.NoError(t, err, name)
+		assert.Empty(t, recs, name)
+	}
+}
