@@ -305,3 +305,47 @@ func TestBlockedSubmitIsNotAdmitted(t *testing.T) {
 		requireBalanced(t, rep)
 	})
 }
+
+// A collection after a run ended still has its counts (a provider's last collection, at
+// shutdown, is how a batch job exports them), and a pipeline's counters add up over its runs:
+// the run's callback used to be unregistered as it ended, its counts lost to the reader.
+func TestCountersOutliveTheirRun(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer func() { _ = mp.Shutdown(context.Background()) }()
+	st := stage.Map("s", func(_ context.Context, n int) (int, error) {
+		if n%2 == 0 {
+			return 0, retry.Permanent(errors.New("even"))
+		}
+		return n, nil
+	})
+	p, err := pipeline.New("ended", pipeline.Then(pipeline.Input[int](), st), pipeline.WithDLQ(dlq.NewMemory()), pipeline.WithMeterProvider(mp))
+	require.NoError(t, err)
+	sums := func() map[string]int64 {
+		var rm metricdata.ResourceMetrics
+		require.NoError(t, reader.Collect(context.Background(), &rm))
+		got := map[string]int64{}
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				if s, ok := m.Data.(metricdata.Sum[int64]); ok {
+					for _, dp := range s.DataPoints {
+						o, _ := dp.Attributes.Value("sluice.outcome")
+						got[m.Name+"/"+o.AsString()] += dp.Value
+					}
+				}
+			}
+		}
+		return got
+	}
+	for run := int64(1); run <= 2; run++ {
+		rep, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3, 4, 5}))
+		require.NoError(t, err)
+		require.EqualValues(t, 2, rep.Stages[0].DeadLettered)
+		got := sums()
+		assert.Equal(t, 5*run, got["sluice.stage.items.in/"], "run %d", run)
+		assert.Equal(t, 3*run, got["sluice.stage.items.out/"], "run %d", run)
+		assert.Equal(t, 2*run, got["sluice.stage.items/dead_lettered"], "run %d", run)
+		assert.Equal(t, 2*run, got["sluice.dlq.records/"], "run %d", run)
+		assert.Zero(t, got["sluice.stage.queue.limit/"], "no live run: no gauges")
+	}
+}

@@ -94,8 +94,9 @@
 // Every data point has sluice.stage, and sluice.pipeline when
 // [Config.Pipeline] is set (so that pipelines of one process reusing stage
 // names stay apart). Counters and gauges are observable, read from the
-// stage's own counters by one callback registered with
-// [Telemetry.RegisterStages]; only the two histograms are recorded per item
+// stage's own counters by one callback per pipeline ([Telemetry.RegisterStages]):
+// the counters are cumulative over the pipeline's runs, ended ones included,
+// the gauges count live runs; only the two histograms are recorded per item
 // (per sampled item: of a fast stage, stage code records the work time of
 // about one item in 64 and the queue wait of about one in 64, not always the
 // same items; see Cost rules).

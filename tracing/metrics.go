@@ -3,6 +3,7 @@ package tracing
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -12,9 +13,7 @@ import (
 
 // StageSnapshot is what stage code reports for one stage when the metrics
 // callback runs: the stage's own counters, read (atomically) at that moment.
-// Counters are cumulative since the run started and never decrease. A run's
-// callback is unregistered when the run ends: a collection after that no
-// longer reports its counters (its final counts are in its Report).
+// Counters are cumulative since the run started and never decrease.
 type StageSnapshot struct {
 	// Stage is the stage name, as given to [Telemetry.Stage].
 	Stage string
@@ -47,16 +46,31 @@ type StageSnapshot struct {
 	Resizes, CircuitOpens int64
 }
 
-// RegisterStages registers one callback for all the observable instruments
-// (the counters, queue and worker metrics listed in the package
-// documentation). At each collection the callback calls snapshot once and
-// observes every stage it returns; stage code keeps its own counters, so
-// counting costs nothing per item. Call unregister when the run ends; it is
-// idempotent. snapshot must be safe to call from the metric reader's
-// goroutine, concurrently with the run.
-//
-// Stage names must be unique across the snapshots of all registrations of
-// one Telemetry that are live at the same time.
+// observed is what the observable instruments of one Telemetry report: the runs registered and
+// live, and the summed counters of those that ended.
+type observed struct {
+	mu          sync.Mutex
+	reg         metric.Registration // nil while no callback is registered
+	gen         uint64              // of reg: the callback of an older registration observes nothing
+	registering bool
+	dropping    bool // a callback found no live run and asked for reg to go (see dropIdle)
+	live        map[uint64]func() []StageSnapshot
+	next        uint64
+	ended       []StageSnapshot // by stage, in the order first seen: the counters of ended runs
+	onDrop      func()          // (tests) called when dropIdle has unregistered
+}
+
+// RegisterStages adds a run's stages to what the observable instruments (the counters, queue
+// and worker metrics listed in the package documentation) report, through one callback per
+// Telemetry. At each collection the callback calls snapshot once; stage code keeps its own
+// counters, so counting costs nothing per item. Call unregister when the run ends (it is
+// idempotent): it takes a last snapshot, whose counters go on being reported, added to those
+// of the other runs of the same stages, so the counters of a pipeline are cumulative over its
+// runs and a collection after a run ended (a provider's final one at shutdown) still has its
+// counts; its gauges (queue usage and limit, workers) count only live runs. Once no run is
+// live and a collection has reported the counters, the callback is unregistered until the next
+// run. snapshot must be safe to call from the metric reader's goroutine, concurrently with the
+// run.
 func (t *Telemetry) RegisterStages(snapshot func() []StageSnapshot) (unregister func() error, err error) {
 	if t == nil {
 		return func() error { return nil }, nil
@@ -64,24 +78,148 @@ func (t *Telemetry) RegisterStages(snapshot func() []StageSnapshot) (unregister 
 	if snapshot == nil {
 		return nil, errors.New("tracing: RegisterStages: nil snapshot func")
 	}
-	cb := func(_ context.Context, o metric.Observer) error {
-		for _, snap := range snapshot() {
-			t.Stage(snap.Stage).observe(o, &snap)
-		}
-		return nil
+	o := &t.obs
+	o.mu.Lock()
+	if o.live == nil {
+		o.live = map[uint64]func() []StageSnapshot{}
 	}
-	reg, err := t.meter.RegisterCallback(cb,
-		t.itemsIn, t.itemsOut, t.items, t.attempts, t.retries, t.dlqRecord,
-		t.queueUsage, t.queueLimit, t.workerCount, t.workerLimit, t.resizes, t.circuitOpens)
-	if err != nil {
-		return nil, err
+	id := o.next
+	o.next++
+	o.live[id] = snapshot
+	register := o.reg == nil && !o.registering
+	var gen uint64
+	if register {
+		o.registering = true
+		o.gen++
+		gen = o.gen
+	}
+	o.mu.Unlock()
+	if register {
+		// Outside o.mu: the SDK holds its own lock while it runs the callback, which takes o.mu.
+		reg, err := t.meter.RegisterCallback(t.observer(gen),
+			t.itemsIn, t.itemsOut, t.items, t.attempts, t.retries, t.dlqRecord,
+			t.queueUsage, t.queueLimit, t.workerCount, t.workerLimit, t.resizes, t.circuitOpens)
+		o.mu.Lock()
+		o.registering = false
+		if err != nil {
+			delete(o.live, id)
+			o.mu.Unlock()
+			return nil, err
+		}
+		o.reg = reg
+		o.mu.Unlock()
 	}
 	var once sync.Once
 	return func() error {
-		var err error
-		once.Do(func() { err = reg.Unregister() })
-		return err
+		once.Do(func() {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			for _, snap := range snapshot() {
+				o.add(&snap, false)
+			}
+			delete(o.live, id)
+		})
+		return nil
 	}, nil
+}
+
+// add adds snap's counters (and, with gauges, its gauges) to the entry of its stage in ended.
+// The caller holds o.mu.
+func (o *observed) add(snap *StageSnapshot, gauges bool) {
+	into := addTo(&o.ended, snap.Stage)
+	sumSnapshots(into, snap, gauges)
+}
+
+// addTo returns the entry of stage in *list, appending one if there is none.
+func addTo(list *[]StageSnapshot, stage string) *StageSnapshot {
+	for i := range *list {
+		if (*list)[i].Stage == stage {
+			return &(*list)[i]
+		}
+	}
+	*list = append(*list, StageSnapshot{Stage: stage})
+	return &(*list)[len(*list)-1]
+}
+
+func sumSnapshots(into, snap *StageSnapshot, gauges bool) {
+	into.In += snap.In
+	into.Out += snap.Out
+	into.Succeeded += snap.Succeeded
+	into.Filtered += snap.Filtered
+	into.Attempts += snap.Attempts
+	into.Retries += snap.Retries
+	into.Returned += snap.Returned
+	into.Stranded += snap.Stranded
+	into.Resizes += snap.Resizes
+	into.CircuitOpens += snap.CircuitOpens
+	for reason, n := range snap.DeadLetters {
+		if into.DeadLetters == nil {
+			into.DeadLetters = map[string]int64{}
+		}
+		into.DeadLetters[reason] += n
+	}
+	if gauges {
+		into.Queued += snap.Queued
+		into.Capacity += snap.Capacity
+		into.Busy += snap.Busy
+		into.Workers += snap.Workers
+	}
+}
+
+// observer returns the callback of registration gen.
+func (t *Telemetry) observer(gen uint64) metric.Callback {
+	return func(_ context.Context, ob metric.Observer) error {
+		o := &t.obs
+		o.mu.Lock()
+		if gen != o.gen {
+			o.mu.Unlock()
+			return nil // a registration on its way out: the current one reports
+		}
+		totals := make([]StageSnapshot, 0, len(o.ended))
+		for _, e := range o.ended {
+			sumSnapshots(addTo(&totals, e.Stage), &e, false)
+		}
+		ids := make([]uint64, 0, len(o.live))
+		for id := range o.live {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids) // (stages in the order their runs started)
+		for _, id := range ids {
+			for _, snap := range o.live[id]() {
+				sumSnapshots(addTo(&totals, snap.Stage), &snap, true)
+			}
+		}
+		drop := len(o.live) == 0 && !o.dropping
+		if drop {
+			o.dropping = true
+		}
+		o.mu.Unlock()
+		for i := range totals {
+			t.Stage(totals[i].Stage).observe(ob, &totals[i])
+		}
+		if drop {
+			go t.dropIdle(gen) // (Unregister waits for the SDK's lock, which it holds now)
+		}
+		return nil
+	}
+}
+
+// dropIdle unregisters registration gen if still no run is live: its counters were reported.
+func (t *Telemetry) dropIdle(gen uint64) {
+	o := &t.obs
+	o.mu.Lock()
+	o.dropping = false
+	if gen != o.gen || len(o.live) > 0 || o.reg == nil {
+		o.mu.Unlock()
+		return
+	}
+	reg, onDrop := o.reg, o.onDrop
+	o.reg = nil
+	o.mu.Unlock()
+	_ = reg.Unregister()
+	if onDrop != nil {
+		onDrop()
+	}
 }
 
 // observe reports one stage's snapshot with the precomputed attribute sets.

@@ -131,15 +131,36 @@ func TestRegisterStages(t *testing.T) {
 		assert.Equal(t, "orders", v.AsString())
 	}
 
+	// The run ends: its counters go on being reported (a provider's last collection at shutdown
+	// must have them), its gauges no more; once that was collected the callback goes.
+	dropped := make(chan struct{})
+	tel.obs.onDrop = func() { close(dropped) }
 	require.NoError(t, unregister())
 	require.NoError(t, unregister(), "idempotent")
+	assert.Equal(t, int64(2), calls.Load(), "a last snapshot at unregister")
 	got = collect(t, reader)
-	assert.Equal(t, int64(1), calls.Load(), "no callback after unregister")
+	assert.Equal(t, int64(2), calls.Load(), "no snapshot of an ended run")
+	assert.Equal(t, map[string]int64{"parse": 10, "store": 9}, sumPoints(t, got["sluice.stage.items.in"], true))
+	assert.Equal(t, map[string]int64{"parse|sluice.dlq.reason=permanent": 1, "parse|sluice.dlq.reason=timeout": 1, "parse|sluice.dlq.reason=bespoke": 0},
+		sumPoints(t, got["sluice.dlq.records"], true))
+	assert.Equal(t, map[string]int64{"parse": 0, "store": 0}, sumPoints(t, got["sluice.stage.queue.limit"], false))
+	<-dropped
+	got = collect(t, reader)
 	for name := range units {
 		if m, ok := got[name]; ok {
 			assert.Empty(t, m.Data.(metricdata.Sum[int64]).DataPoints, name)
 		}
 	}
+
+	// A later run's counters add to the ended run's: the pipeline's are cumulative.
+	unregister, err = tel.RegisterStages(func() []StageSnapshot {
+		return []StageSnapshot{{Stage: "parse", In: 5, Capacity: 16}}
+	})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, unregister()) }()
+	got = collect(t, reader)
+	assert.Equal(t, map[string]int64{"parse": 15, "store": 9}, sumPoints(t, got["sluice.stage.items.in"], true))
+	assert.Equal(t, map[string]int64{"parse": 16, "store": 0}, sumPoints(t, got["sluice.stage.queue.limit"], false))
 }
 
 func TestRegisterStagesWithoutPipeline(t *testing.T) {

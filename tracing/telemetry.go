@@ -66,6 +66,8 @@ type Telemetry struct {
 
 	mu     sync.Mutex
 	stages map[string]*StageTelemetry
+
+	obs observed // the runs whose counters the observable instruments report (see RegisterStages)
 }
 
 // New creates the tracer (scope [InstrumentationName], version
