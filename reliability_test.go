@@ -197,17 +197,8 @@ func relBalanced(t testing.TB, r pipeline.Report) {
 }
 
 func relBalance(r pipeline.Report) error {
-	if r.InFlight != 0 || !r.Balanced() {
+	if !r.Balanced() { // (none in flight, run-wide and stage by stage: see Report.Balanced)
 		return fmt.Errorf("the report does not add up (in flight %d): %+v", r.InFlight, r)
-	}
-	if r.Ingested != r.Admitted+r.Rejected+r.Spawned {
-		return fmt.Errorf("ingested %d != admitted %d + rejected %d + spawned %d", r.Ingested, r.Admitted, r.Rejected, r.Spawned)
-	}
-	for _, s := range r.Stages {
-		if s.In != s.Succeeded+s.Filtered+s.DeadLettered+s.Returned+s.Stranded {
-			return fmt.Errorf("stage %s does not add up: in %d != succeeded %d + filtered %d + dead-lettered %d + returned %d + stranded %d",
-				s.Name, s.In, s.Succeeded, s.Filtered, s.DeadLettered, s.Returned, s.Stranded)
-		}
 	}
 	return nil
 }

@@ -115,19 +115,12 @@ func (t *Telemetry) RegisterStages(snapshot func() []StageSnapshot) (unregister 
 			o.mu.Lock()
 			defer o.mu.Unlock()
 			for _, snap := range snapshot() {
-				o.add(&snap, false)
+				sumSnapshots(addTo(&o.ended, snap.Stage), &snap, false)
 			}
 			delete(o.live, id)
 		})
 		return nil
 	}, nil
-}
-
-// add adds snap's counters (and, with gauges, its gauges) to the entry of its stage in ended.
-// The caller holds o.mu.
-func (o *observed) add(snap *StageSnapshot, gauges bool) {
-	into := addTo(&o.ended, snap.Stage)
-	sumSnapshots(into, snap, gauges)
 }
 
 // addTo returns the entry of stage in *list, appending one if there is none.
@@ -141,6 +134,7 @@ func addTo(list *[]StageSnapshot, stage string) *StageSnapshot {
 	return &(*list)[len(*list)-1]
 }
 
+// sumSnapshots adds snap's counters (and, with gauges, its gauges) to into.
 func sumSnapshots(into, snap *StageSnapshot, gauges bool) {
 	into.In += snap.In
 	into.Out += snap.Out
