@@ -183,7 +183,8 @@ func readDLQ(stderr io.Writer, path string) ([]dlq.Record, error) {
 
 // openDLQ opens the dead-letter file as its (only) writer; it must exist. Opening it cuts a
 // torn last line away (dlq.OpenFile), so the commands that only read or preview (ls, show,
-// stats, replay -dry-run, purge without -yes) use readDLQ instead.
+// stats, replay -dry-run, purge without -yes, and a replay that selects nothing) use readDLQ
+// instead.
 func openDLQ(path string) (*dlq.File, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, dlqFileError(path, err)
@@ -517,20 +518,18 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 	if err := cfg.check(); err != nil {
 		return rr, err
 	}
-	// A dry run reads the file without opening it as its writer, which would cut a torn last
-	// line: it changes nothing. A replay opens it, and holds its lock until it is over.
-	var (
-		store dlq.Store
-		file  *dlq.File
-		recs  []dlq.Record
-		err   error
-	)
-	if dryRun {
-		if recs, err = readDLQ(stderr, cfg.DLQ); err != nil {
-			return rr, err
-		}
-		store = readOnlyStore(recs)
-	} else {
+	// The file is read without opening it as its writer, which would cut a torn last line and
+	// take its lock: a dry run, or a replay that selects nothing, changes nothing. A replay opens
+	// it, holds its lock until it is over, and selects again from what it reads then.
+	recs, err := readDLQ(stderr, cfg.DLQ)
+	if err != nil {
+		return rr, err
+	}
+	filter.Pipeline = pipelineName
+	sel := filter.Select(recs)
+	var file *dlq.File
+	store := dlq.Store(readOnlyStore(recs))
+	if len(sel) > 0 && !dryRun {
 		if file, err = openDLQ(cfg.DLQ); err != nil {
 			return rr, err
 		}
@@ -539,9 +538,8 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 		if recs, err = file.Records(ctx); err != nil {
 			return rr, dlqFileError(cfg.DLQ, err)
 		}
+		sel = filter.Select(recs)
 	}
-	filter.Pipeline = pipelineName
-	sel := filter.Select(recs)
 	if len(sel) == 0 {
 		fmt.Fprintf(stdout, "no records to replay (%d in %s, none of pipeline %q matches)\n", len(recs), cfg.DLQ, pipelineName)
 		return rr, nil

@@ -205,12 +205,15 @@ func TestDLQMissingAndCorruptFile(t *testing.T) {
 	code, out, errOut = dlqRun("replay", "-dry-run", "-dlq", path)
 	assert.Equal(t, 0, code, errOut)
 	assert.Contains(t, out, "would replay", "a dry run only reads")
+	code, out, errOut = dlqRun("replay", "-stage", "no-such-stage", "-dlq", path)
+	assert.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "no records to replay", "a replay that selects nothing only reads")
 	code, out, _ = dlqRun("purge", "-dlq", path)
 	assert.Equal(t, 2, code)
 	assert.Contains(t, out, "would purge 4 of 4", "the preview only reads")
 }
 
-// The previews (replay -dry-run, purge without -yes, a purge that selects nothing) change
+// The previews (replay -dry-run, purge without -yes) and the commands that select nothing change
 // nothing: not even a torn last line, which opening the file as its writer would cut. They
 // warn about it as ls does.
 func TestDLQPreviewsKeepATornTail(t *testing.T) {
@@ -220,6 +223,7 @@ func TestDLQPreviewsKeepATornTail(t *testing.T) {
 		wantOut string
 	}{
 		{[]string{"replay", "-dry-run", "-stage", "download"}, 0, "would replay 2 of 2"},
+		{[]string{"replay", "-stage", "no-such-stage"}, 0, "no records to replay (4 in"},
 		{[]string{"purge", "-stage", "validate"}, 2, "would purge 2 of 4"},
 		{[]string{"purge", "-match", "nothing like this", "-yes"}, 0, "nothing to purge"},
 	} {
