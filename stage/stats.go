@@ -16,7 +16,7 @@ type Stats struct {
 	Workers  int    `json:"workers"`  // size of the pool
 	Busy     int    `json:"busy"`     // workers in an attempt now
 	Capacity int    `json:"capacity"` // capacity of the input
-	Queued   int    `json:"queued"`   // items in the input now
+	Queued   int    `json:"queued"`   // items in the input now, not yet taken by a worker: up to Capacity plus one per worker (a batch per worker for a batch stage), as the input keeps a slot for each worker's hand
 
 	In           int64 `json:"in"`            // items that reached the stage (queued, or parked on its behalf)
 	Out          int64 `json:"out"`           // items it passed on (a flat-map's outputs, a batch's batches)

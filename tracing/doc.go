@@ -122,8 +122,12 @@
 // included); dead_lettered equals the sum of sluice.dlq.records over
 // reasons, which reports only the reasons seen. Queue and worker metrics are
 // UpDownCounters rather than gauges, as the semantic conventions do for
-// usage and limit: summing them across stages is meaningful. Histograms
-// advise buckets from 100µs to 60s.
+// usage and limit: summing them across stages is meaningful. queue.usage
+// counts the items queued and not yet taken by a worker; queue.limit is the
+// stage's configured capacity. The input also keeps a slot for each worker's
+// hand (a batch for a batch stage's), so while workers are between items
+// usage can exceed limit by up to that many. Histograms advise buckets from
+// 100µs to 60s.
 //
 // # Cost rules
 //
