@@ -349,3 +349,54 @@ func TestCountersOutliveTheirRun(t *testing.T) {
 		assert.Zero(t, got["sluice.stage.queue.limit/"], "no live run: no gauges")
 	}
 }
+
+// A trickle into a batch stage of several workers makes full batches: one batch fills at a
+// time. (Each worker filled its own, so four workers and one item a second made batches of
+// about a quarter of the size, each sent at its max wait.)
+func TestBatchTrickleFillsWholeBatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var sizes []int
+		up := stage.Batch("upload", 4, 10*time.Second, func(_ context.Context, b []int) (int, error) {
+			mu.Lock()
+			sizes = append(sizes, len(b))
+			mu.Unlock()
+			return len(b), nil
+		}, stage.Workers(4))
+		p, err := pipeline.New("trickle", pipeline.Then(pipeline.Input[int](), up))
+		require.NoError(t, err)
+		in := make(chan int)
+		go func() {
+			defer close(in)
+			for i := range 8 {
+				time.Sleep(time.Second)
+				in <- i
+			}
+		}()
+		rep, err := p.Run(context.Background(), pipeline.FromChan(in))
+		require.NoError(t, err)
+		assert.Equal(t, []int{4, 4}, sizes)
+		assert.True(t, rep.Balanced(), "%+v", rep)
+	})
+}
+
+// A busy input still keeps every batch worker's call running at once: a worker lets go of the
+// filling before its call.
+func TestBatchCallsRunInParallel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) { // (a deadlock fails the test at once)
+		var inCall sync.WaitGroup
+		inCall.Add(4)
+		up := stage.Batch("upload", 2, time.Hour, func(_ context.Context, b []int) (int, error) {
+			inCall.Done()
+			inCall.Wait() // returns once four calls are running at once
+			return len(b), nil
+		}, stage.Workers(4))
+		p, err := pipeline.New("parallel", pipeline.Then(pipeline.Input[int](), up))
+		require.NoError(t, err)
+		rep, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3, 4, 5, 6, 7, 8}))
+		require.NoError(t, err)
+		st := rep.Stages[0]
+		assert.Equal(t, int64(4), st.Out, "four batches of two")
+		assert.Equal(t, int64(8), st.Succeeded)
+	})
+}

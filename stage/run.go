@@ -48,6 +48,8 @@ type Runner[In, Out any] struct {
 	// budget: the first attempt of an item runs on a short path (see handle).
 	lean   bool
 	guards guards[In]
+	// filling is held by the one batch worker filling a batch (see runBatch); nil for other kinds.
+	filling chan struct{}
 
 	wg      sync.WaitGroup
 	done    chan struct{}
@@ -95,6 +97,7 @@ func (s *Stage[In, Out]) Bind(env *core.Env, next *core.Queue[Out]) *Runner[In, 
 	}
 	if s.kind == KindBatch {
 		r.take = s.size
+		r.filling = make(chan struct{}, 1)
 	}
 	r.budget = retry.NewBudget(r.policy.Budget)
 	r.newGuards()
@@ -1299,17 +1302,27 @@ func (w *worker[In, Out]) emitMany(e *core.Envelope[In], outs []Out, span trace.
 
 // runBatch is the loop of a batch worker: it fills a batch from the input until it is full, the
 // oldest item has waited maxWait, or the input is closed. It returns false if abandoned.
+//
+// One batch fills at a time: the worker filling it holds r.filling, takes all it can from the
+// input, and lets go once the batch is complete, before its call; the next worker free of a call
+// fills the next batch meanwhile. So a trickle of input makes batches as full as with one worker,
+// and a busy input keeps every worker's call running.
 func (w *worker[In, Out]) runBatch() bool {
 	r := w.r
 	timer := time.NewTimer(r.s.maxWait)
 	timer.Stop()
 	defer timer.Stop()
 	items := make([]core.Envelope[In], 0, r.s.size)
-	release := 0
 	for {
-		n, ok := r.in.Pop(w.buf, true, release, nil, w.quit)
+		select {
+		case r.filling <- struct{}{}:
+		case <-w.quit:
+			return true // retired by the autoscaler
+		}
+		n, ok := r.in.Pop(w.buf, false, 0, nil, w.quit)
 		if !ok || n == 0 {
-			return true // the end of the input, or retired by the autoscaler (Pop gave the slots back)
+			<-r.filling
+			return true // the end of the input, or retired by the autoscaler
 		}
 		items = append(items[:0], w.buf[:n]...)
 		closed := false
@@ -1318,7 +1331,7 @@ func (w *worker[In, Out]) runBatch() bool {
 		// by then.
 		timer.Reset(max(r.s.maxWait-time.Duration(max(r.env.Clock.Now()-items[0].M.Enqueued, 0)), 0)) // (a stamp is at least 1)
 		for len(items) < r.s.size {
-			m, ok := r.in.Pop(w.buf[:r.s.size-len(items)], true, 0, timer.C, r.env.Work.Done())
+			m, ok := r.in.Pop(w.buf[:r.s.size-len(items)], false, 0, timer.C, r.env.Work.Done())
 			if !ok {
 				closed = true
 				break
@@ -1328,6 +1341,7 @@ func (w *worker[In, Out]) runBatch() bool {
 			}
 			items = append(items, w.buf[:m]...)
 		}
+		<-r.filling
 		timer.Stop()
 		clear(w.buf)
 		w.k = len(items)
@@ -1344,10 +1358,9 @@ func (w *worker[In, Out]) runBatch() bool {
 			return false
 		}
 		w.publish()
-		release = len(items)
+		r.in.Release(len(items))
 		clear(items)
 		if closed {
-			r.in.Release(release)
 			return true
 		}
 	}

@@ -378,11 +378,12 @@ func FlatMap[In, Out any](name string, fn func(ctx context.Context, in In) ([]Ou
 }
 
 // Batch returns a stage that collects up to size inputs, or what arrived within maxWait of the
-// first one's arrival, and turns them into one output (upload 500 rows at once). Each worker
-// fills a batch of its own: with several workers and a trickle of input, batches fill about
-// one in workers as fast (give a batch stage one worker when full batches matter more than
-// parallel calls). If the call fails for good, each input of the batch is dead-lettered on its
-// own, so a replay re-batches them; every one of those records names the batch's span.
+// first one's arrival, and turns them into one output (upload 500 rows at once). One batch
+// fills at a time, whatever the number of workers: a worker takes the inputs until its batch is
+// complete, then makes its call while the next worker free of a call fills the next batch. So a
+// trickle of input makes batches as full as one worker would, and a busy input keeps every
+// worker's call running. If the call fails for good, each input of the batch is dead-lettered
+// on its own, so a replay re-batches them; every one of those records names the batch's span.
 func Batch[In, Out any](name string, size int, maxWait time.Duration, fn func(ctx context.Context, batch []In) (Out, error), opts ...Option) *Stage[In, Out] {
 	var errs []error
 	if size <= 0 {
