@@ -292,7 +292,11 @@ func normalizePayload(p json.RawMessage) (json.RawMessage, error) {
 // rejected but normalized: in every string field and in header keys and
 // values, each byte that is not part of a valid UTF-8 sequence is written
 // as U+FFFD (the record reads back with that change; header keys it makes
-// equal are written twice, and read back as one).
+// equal are written twice, and read back as one). A JSON payload is written
+// as given (compacted), byte for byte, strings in it that are not valid
+// UTF-8 included, so that a replay decodes exactly the item that failed
+// (such a line is not strictly JSON; EncodePayloadBytes gives a payload that
+// always is).
 func Encode(rec Record) ([]byte, error) {
 	if rec.V == 0 {
 		rec.V = Version
