@@ -221,7 +221,8 @@ func WithBaggage() Option {
 
 // OnDeadLetter sets a hook called after each dead letter is durably written. The hook must not
 // change the record's Payload or Headers, which it shares with the sink that may have kept them
-// (clone what it needs to edit).
+// (clone what it needs to edit). A panic in the hook is logged at error level, with its stack,
+// and changes nothing else: the record is written and its item dead-lettered.
 func OnDeadLetter(fn func(dlq.Record)) Option {
 	return func(o *options) { o.onDeadLetter = fn }
 }
@@ -687,7 +688,11 @@ func (r *run[In]) writeDeadLetter(rec dlq.Record) error {
 		return &DeadLetterError{CorrelationID: rec.CorrelationID, Stage: rec.Stage, RecordID: rec.ID, Reason: rec.Reason, Err: err}
 	}
 	if h := r.p.opts.onDeadLetter; h != nil {
-		h(rec)
+		// The record is durable: a panicking hook is logged, and changes nothing else.
+		if err := protect("OnDeadLetter hook", h, func() error { h(rec); return nil }); err != nil {
+			r.p.opts.logger.Error("sluice: "+err.Error(), slog.String("correlation_id", rec.CorrelationID),
+				slog.String("stage", rec.Stage), slog.String("record_id", rec.ID))
+		}
 	}
 	return nil
 }

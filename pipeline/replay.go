@@ -73,7 +73,11 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 	}
 	defer p.replaying.Store(false)
 
-	recs, err := store.Records(ctx)
+	var recs []dlq.Record
+	err := protect("store", store, func() (err error) {
+		recs, err = store.Records(ctx)
+		return err
+	})
 	if err != nil {
 		return rr, fmt.Errorf("pipeline: Replay: reading the dead letters: %w", err)
 	}

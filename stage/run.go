@@ -266,6 +266,10 @@ func (r *Runner[In, Out]) Units() (delivered, filtered int64) {
 	return delivered, filtered
 }
 
+// payloadErrorHeader is the header of a dead-letter record whose item could not be encoded: the
+// codec's error. Such a record has no payload, and cannot be replayed.
+const payloadErrorHeader = "sluice.payload_error"
+
 // decode turns a dead-letter record's payload back into the stage's input.
 func (r *Runner[In, Out]) decode(rec *dlq.Record) (In, error) {
 	var zero In
@@ -276,11 +280,30 @@ func (r *Runner[In, Out]) decode(rec *dlq.Record) (In, error) {
 	if r.s.codec.JSON() != (rec.PayloadEncoding == "") {
 		return zero, fmt.Errorf("payload encoding %q does not fit the stage's codec", rec.PayloadEncoding)
 	}
-	v, err := r.s.codec.Decode(b)
+	if len(b) == 0 && rec.PayloadEncoding == "" {
+		if e, ok := rec.Headers[payloadErrorHeader]; ok {
+			return zero, fmt.Errorf("the record has no payload: its item could not be encoded (%s)", e)
+		}
+		b = []byte("null") // an empty JSON payload is null (a nil slice, map or pointer)
+	}
+	v, err := codecCall("Decode", func() (In, error) { return r.s.codec.Decode(b) })
 	if err != nil {
 		return zero, fmt.Errorf("payload does not decode as the input of stage %q: %w", r.s.name, err)
 	}
 	return v, nil
+}
+
+// codecCall runs a call of the stage's codec, user code like the stage's function: a panic is
+// an error of the call (the record keeps it as its payload error, a replay skips the record),
+// not the end of the process.
+func codecCall[T any](method string, f func() (T, error)) (v T, err error) {
+	var c panics.Catcher
+	c.Try(func() { v, err = f() })
+	if p := c.Recovered(); p != nil {
+		var zero T
+		return zero, fmt.Errorf("codec %s panicked: %v", method, p.Value)
+	}
+	return v, err
 }
 
 // Check reports whether a dead-letter record's payload decodes as the stage's input.
@@ -1497,12 +1520,12 @@ func (r *Runner[In, Out]) deadLetter(e core.Envelope[In], reason dlq.Reason, cau
 	if sc.IsValid() {
 		rec.TraceID, rec.SpanID, rec.Traceparent = sc.TraceID().String(), sc.SpanID().String(), tracing.Traceparent(sc)
 	}
-	if b, err := r.s.codec.Encode(e.V); err != nil {
+	if b, err := codecCall("Encode", func() ([]byte, error) { return r.s.codec.Encode(e.V) }); err != nil {
 		rec.Payload = nil
 		if rec.Headers == nil {
 			rec.Headers = map[string]string{}
 		}
-		rec.Headers["sluice.payload_error"] = err.Error() // (the record's own map, see above)
+		rec.Headers[payloadErrorHeader] = err.Error() // (the record's own map, see above)
 	} else if r.s.codec.JSON() {
 		rec.Payload = b
 	} else {

@@ -66,7 +66,9 @@ const (
 )
 
 // Codec turns a stage's input into the payload of a dead-letter record and back, for replay.
-// The default codec is JSON.
+// The default codec is JSON. A codec is user code like the stage's function: a panic in Encode
+// is taken as its error (the record then has no payload, and a sluice.payload_error header with
+// the error), a panic in Decode as its error (a replay skips the record and keeps it).
 type Codec[T any] interface {
 	// Encode returns the payload bytes of v, in a slice of their own: the record keeps it, so
 	// an Encode that reuses a buffer from one call to the next corrupts earlier records.
