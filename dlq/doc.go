@@ -35,7 +35,8 @@
 //   - "first_attempt_at", "failed_at" (string, omitted when zero): RFC 3339
 //     times, always in UTC with nine fractional digits, for example
 //     "2026-11-23T12:00:00.123456789Z". Readers accept any RFC 3339 time
-//     and convert it to UTC.
+//     (lower-case "t" and "z" included; not a leap second, :60, which Go's
+//     time package cannot hold) and convert it to UTC.
 //   - "source", "trace_id", "span_id", "traceparent" (string, optional):
 //     where the item came from and the trace it was processed in.
 //   - "headers" (object of strings, optional): free-form metadata.

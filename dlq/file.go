@@ -78,9 +78,10 @@ func WithSyncHook(fn func(f *os.File) error) FileOption {
 // OpenFile resolves the symbolic links in path once, when it opens the
 // file: a path that does not exist yet has its directory resolved, and a
 // dangling symlink is followed to the file it names, which is created.
-// Everything the File does by name uses the resolved path: the lock file,
-// the compaction temp file and the rename of [File.Compact], so a symlink
-// stays a symlink and writes keep reaching the file it named at open.
+// Everything the File does by name uses the resolved path, made absolute:
+// the lock file, the compaction temp file and the rename of [File.Compact],
+// so a symlink stays a symlink and writes keep reaching the file it named at
+// open, even after the process changes its working directory.
 //
 // Only one writer may have a file open: OpenFile takes an exclusive,
 // non-blocking flock on the resolved path + ".lock" (created if missing,
@@ -117,6 +118,10 @@ func OpenFile(path string, opts ...FileOption) (*File, error) {
 		return nil, fmt.Errorf("dlq: open %s: parent %s is not a directory", path, dir)
 	}
 	resolved, err := resolvePath(path)
+	if err == nil {
+		// Absolute: Compact renames by this name, also after the process changes directory.
+		resolved, err = filepath.Abs(resolved)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dlq: open %s: resolve symlinks: %w", path, err)
 	}

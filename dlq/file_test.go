@@ -483,3 +483,26 @@ func TestCompactThroughSymlink(t *testing.T) {
 	}
 	assert.Equal(t, []string{"link.jsonl", "real.jsonl", "real.jsonl.lock"}, names, "no temp or link-named lock left")
 }
+
+// TestCompactAfterChdir checks that a File opened by a relative path keeps
+// working on that file after the process changes directory: Compact wrote
+// and renamed a file in the new working directory, and the records written
+// since went there, while the dead-letter file (and its lock) stayed behind.
+func TestCompactAfterChdir(t *testing.T) {
+	ctx := context.Background()
+	dirA, dirB := t.TempDir(), t.TempDir()
+	t.Chdir(dirA)
+	f, err := dlq.OpenFile("dead.jsonl")
+	require.NoError(t, err)
+	defer f.Close()
+	r1, r2 := rec(1), rec(2)
+	require.NoError(t, f.Write(ctx, r1))
+	require.NoError(t, f.Delete(ctx, r1.ID))
+	t.Chdir(dirB) // e.g. a job that works in its output directory
+	require.NoError(t, f.Compact(ctx))
+	require.NoError(t, f.Write(ctx, r2))
+	assert.Equal(t, line(t, r2), readAll(t, filepath.Join(dirA, "dead.jsonl")), "the file the File was opened on")
+	entries, err := os.ReadDir(dirB)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "nothing made in the new working directory")
+}

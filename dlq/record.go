@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 )
 
@@ -191,6 +192,13 @@ func formatTime(field string, t time.Time) (string, error) {
 func parseTime(field, s string) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
+	}
+	// RFC 3339 allows a lower-case "t" and "z" (section 5.6); time.Parse does not.
+	if len(s) > 10 && s[10] == 't' {
+		s = s[:10] + "T" + s[11:]
+	}
+	if strings.HasSuffix(s, "z") {
+		s = s[:len(s)-1] + "Z"
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {

@@ -372,3 +372,16 @@ func TestDeleteFindsAnIDWithInvalidUTF8(t *testing.T) {
 		assert.Empty(t, recs, name)
 	}
 }
+
+// TestDecodeAcceptsLowerCaseRFC3339 checks that a time with a lower-case
+// "t" and "z", valid RFC 3339 (section 5.6) from another writer, is read:
+// one such line made the whole file unreadable.
+func TestDecodeAcceptsLowerCaseRFC3339(t *testing.T) {
+	line := `{"v":1,"id":"a","stage":"s","reason":"error","failed_at":"2026-01-01t12:00:00.5z","first_attempt_at":"2026-01-01t13:00:00+01:00"}`
+	r, err := dlq.Decode([]byte(line))
+	require.NoError(t, err)
+	assert.Equal(t, time.Date(2026, 1, 1, 12, 0, 0, 5e8, time.UTC), r.FailedAt)
+	assert.Equal(t, time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC), r.FirstAttemptAt)
+	_, err = dlq.Decode([]byte(`{"v":1,"id":"a","stage":"s","reason":"error","failed_at":"2026-01-01x12:00:00z"}`))
+	assert.ErrorContains(t, err, `field "failed_at": not an RFC 3339 time`)
+}
