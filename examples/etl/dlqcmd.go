@@ -34,7 +34,8 @@ Commands:
   replay [filters]        replay dead letters into the stages that failed them; -dry-run previews.
                           Starts the embedded servers unless -upload is given; -faults 0 once the
                           cause is fixed
-  purge [filters] -yes    delete dead letters (without -yes: say what would be deleted, exit 2)
+  purge [filters] -yes    delete dead letters (without -yes: say what would be deleted, and
+                          exit 2 if that is anything)
 
 Filters: -stage NAME  -reason REASON  -match TEXT (in the error, any case)  -since DURATION
 Every command takes -dlq PATH (default etl-dead-letters.jsonl); "etl dlq COMMAND -h" lists its flags.
