@@ -191,3 +191,14 @@ func TestBalancedCanFail(t *testing.T) {
 		assert.False(t, r.Balanced(), name)
 	}
 }
+
+// A stage after a Sink is refused: a sink ends a pipeline (it passed struct{}{} on, and the
+// stages after the "terminal" one ran and delivered).
+func TestStageAfterASinkIsRefused(t *testing.T) {
+	store := stage.Sink("store", func(context.Context, int) error { return nil })
+	after := stage.Map("after", func(context.Context, struct{}) (string, error) { return "out of nothing", nil })
+	last := stage.Sink("last", func(context.Context, string) error { return nil })
+	_, err := pipeline.New("sink-mid", pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Input[int](), store), after), last))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `stage "store" is a sink, which ends a pipeline, but stage "after" follows it`)
+}

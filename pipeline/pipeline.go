@@ -267,7 +267,10 @@ func New[In, Out any](name string, f *Flow[In, Out], opts ...Option) (*Pipeline[
 			errs = append(errs, fmt.Errorf("WithOverflow(CallerRuns): the first stage %q is a batch, which a caller cannot run on one item; use another policy or put a stage before it", f.steps[0].name))
 		}
 		seen := map[string]bool{}
-		for _, s := range f.steps {
+		for i, s := range f.steps {
+			if s.kind == stage.KindSink && i < len(f.steps)-1 {
+				errs = append(errs, fmt.Errorf("stage %q is a sink, which ends a pipeline, but stage %q follows it; make the sink the last stage, or make it a map", s.name, f.steps[i+1].name))
+			}
 			if s.name != "" && seen[s.name] {
 				errs = append(errs, fmt.Errorf("two stages are named %q; stage names must be unique (dead letters are replayed by name)", s.name))
 			}

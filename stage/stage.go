@@ -402,7 +402,7 @@ func Batch[In, Out any](name string, size int, maxWait time.Duration, fn func(ct
 }
 
 // Sink returns a terminal stage: fn consumes each input, and the item is delivered when fn
-// succeeds.
+// succeeds. It must be the last stage of a flow (pipeline.New refuses a stage after it).
 func Sink[In any](name string, fn func(ctx context.Context, in In) error, opts ...Option) *Stage[In, struct{}] {
 	s := newStage[In, struct{}](name, KindSink, fn == nil, nil, opts)
 	if fn != nil {
