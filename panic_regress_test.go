@@ -116,9 +116,11 @@ func (recordsPanicStore) Records(context.Context) ([]dlq.Record, error) { panic(
 // A store whose Records panics fails the replay with an error that names it, as its Write and
 // Delete do.
 func TestReplayStoreRecordsPanicIsAnError(t *testing.T) {
-	p, err := pipeline.New("p", pipeline.Then(pipeline.Input[int](), stage.Sink("out", func(context.Context, int) error { return nil })))
+	store := recordsPanicStore{dlq.NewMemory()}
+	p, err := pipeline.New("p", pipeline.Then(pipeline.Input[int](), stage.Sink("out", func(context.Context, int) error { return nil })),
+		pipeline.WithDLQ(store))
 	require.NoError(t, err)
-	_, err = p.Replay(context.Background(), recordsPanicStore{dlq.NewMemory()}, pipeline.ReplayOptions{})
+	_, err = p.Replay(context.Background(), store, pipeline.ReplayOptions{})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "store sluice_test.recordsPanicStore panicked: store crashed")
 }
@@ -168,4 +170,34 @@ func TestReplayOfANullPayloadItem(t *testing.T) {
 	assert.Equal(t, 2, rr.Completed)
 	assert.ElementsMatch(t, []int{0, 2}, out.items())
 	assert.Zero(t, mem.Len())
+}
+
+// A pipeline that keeps its dead letters in memory refuses to replay a durable store: a record
+// that failed again would leave the store for memory, and be lost at exit (the original was
+// deleted). A dry run changes nothing, and a Memory store is no more durable: both are allowed.
+func TestReplayFromADurableStoreIntoMemoryIsRefused(t *testing.T) {
+	ctx := context.Background()
+	f, err := dlq.OpenFile(t.TempDir() + "/dead.jsonl")
+	require.NoError(t, err)
+	defer f.Close()
+	now := time.Now()
+	require.NoError(t, f.Write(ctx, dlq.Record{V: dlq.Version, ID: dlq.NewID(), CorrelationID: "c1", Pipeline: "p",
+		Stage: "m", Payload: json.RawMessage("2"), Reason: dlq.ReasonError, Error: "e", Attempts: 1, MaxAttempts: 1,
+		FirstAttemptAt: now, FailedAt: now}))
+	p, err := pipeline.New("p", pipeline.Then(pipeline.Input[int](), stage.Map("m", failTwo)))
+	require.NoError(t, err)
+	_, err = p.Replay(ctx, f, pipeline.ReplayOptions{})
+	require.ErrorContains(t, err, "the pipeline keeps its dead letters in memory")
+	recs, err := f.Records(ctx)
+	require.NoError(t, err)
+	assert.Len(t, recs, 1, "the record stays in the file")
+
+	rr, err := p.Replay(ctx, f, pipeline.ReplayOptions{DryRun: true})
+	require.NoError(t, err)
+	assert.Len(t, rr.Injected, 1)
+	mem := dlq.NewMemory()
+	require.NoError(t, mem.Write(ctx, recs[0]))
+	rr, err = p.Replay(ctx, mem, pipeline.ReplayOptions{})
+	require.NoError(t, err)
+	assert.Len(t, rr.Injected, 1)
 }

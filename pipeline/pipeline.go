@@ -92,6 +92,7 @@ type options struct {
 	sink         dlq.Sink
 	dlqPath      string // WithDLQFile's: New opens it once the options are checked
 	ownSink      bool
+	inMemory     bool // no WithDLQ or WithDLQFile: the sink is New's own dlq.Memory
 	fallback     dlq.Sink
 	dlqPolicy    retry.Policy
 	drainTimeout time.Duration
@@ -295,7 +296,7 @@ func New[In, Out any](name string, f *Flow[In, Out], opts ...Option) (*Pipeline[
 		o.sink, o.ownSink = f, true
 	}
 	if o.sink == nil {
-		o.sink = dlq.NewMemory()
+		o.sink, o.inMemory = dlq.NewMemory(), true
 	}
 	return &Pipeline[In]{tel: tel, name: name, steps: f.steps, opts: o}, nil
 }

@@ -56,7 +56,11 @@ type ReplayReport struct {
 // Replay re-injects dead letters from store into the stage that failed each of them (or
 // opts.Into) and runs the pipeline from there. A record leaves the store only after its item
 // succeeded or was durably dead-lettered again, so a replay stopped at any point loses
-// nothing; at worst, a record is replayed twice. One replay of a pipeline runs at a time.
+// nothing; at worst, a record is replayed twice. One replay of a pipeline runs at a time (two
+// pipelines that share a store must not replay it at once: each would replay its records).
+// The records that fail again go to the pipeline's dead-letter sink, so a pipeline that keeps
+// its dead letters in memory (built without WithDLQ or WithDLQFile) refuses to replay a store
+// other than a dlq.Memory: those records would leave a durable store for memory.
 func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayOptions) (ReplayReport, error) {
 	var rr ReplayReport
 	if ctx == nil {
@@ -80,6 +84,9 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 	})
 	if err != nil {
 		return rr, fmt.Errorf("pipeline: Replay: reading the dead letters: %w", err)
+	}
+	if _, mem := store.(*dlq.Memory); p.opts.inMemory && !mem && !opts.DryRun {
+		return rr, errors.New("pipeline: Replay: the pipeline keeps its dead letters in memory (it was built without WithDLQ or WithDLQFile), so a record of store that failed again would move into memory and be lost when the process exits; build the pipeline WithDLQ(store), or replay its own dead letters (p.DLQ())")
 	}
 	if opts.Filter.Pipeline == "" {
 		opts.Filter.Pipeline = p.name
