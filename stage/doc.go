@@ -14,15 +14,16 @@
 // attempts, exponential backoff from 100ms with jitter); a grace period of 1s for calls that
 // ignore cancellation; JSON as the payload codec.
 //
-// Every call gets a context that carries the stage's per-attempt timeout and tells the function
-// its attempt number and maximum (Attempt) and the item's correlation ID (CorrelationID). The
-// order of failure handling is fixed: attempt, retry per the policy, then dead letter. A panic
-// fails the attempt (reason panic, stack kept); an error wrapped with retry.Permanent is not
-// retried; an error carrying a delay (retry.After) is retried after that delay; an attempt that
-// outlives its timeout has its context cancelled and, if its call then fails, fails with reason
-// timeout (a result that comes back within the grace period is kept); if the function ignores
-// its cancelled context for longer than the grace period the call is abandoned and its worker
-// replaced, so the pool keeps its size.
+// Every call gets a context that carries the stage's per-attempt timeout (counted from the start of
+// the call, after any wait for a rate-limit token) and tells the function its attempt number and
+// maximum (Attempt) and the item's correlation ID (CorrelationID). The order of failure handling is
+// fixed: attempt, retry per the policy, then dead letter. A panic fails the attempt (reason panic,
+// stack kept; so does a panic in a RateLimitBy or CircuitBreakerBy key function, which is not
+// retried); an error wrapped with retry.Permanent is not retried; an error carrying a delay
+// (retry.After) is retried after that delay; an attempt that outlives its timeout has its context
+// cancelled and, if its call then fails, fails with reason timeout (a result that comes back within
+// the grace period is kept); if the function ignores its cancelled context for longer than the
+// grace period the call is abandoned and its worker replaced, so the pool keeps its size.
 // When the pipeline drains, calls are cancelled, never retried, and their items parked.
 //
 // A function must not change its input, nor anything the input points to: return a new value

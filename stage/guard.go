@@ -83,8 +83,9 @@ func rateLimit(what string, key any, perSecond float64, burst, maxKeys int) Opti
 }
 
 // RateLimit limits the stage's calls to perSecond, with bursts of up to burst (a token bucket,
-// golang.org/x/time/rate). Every attempt, retries included, waits for a token; the wait counts
-// as work time.
+// golang.org/x/time/rate). Every attempt, retries included, waits for a token before its call;
+// the wait counts as work time, but not toward the per-attempt timeout (Timeout), which starts
+// with the call.
 func RateLimit(perSecond float64, burst int) Option {
 	return rateLimit("RateLimit", nil, perSecond, burst, 0)
 }
@@ -93,6 +94,10 @@ func RateLimit(perSecond float64, burst int) Option {
 // perSecond with bursts of burst, keeping at most maxKeys keys (0: DefaultMaxKeys; the least
 // recently used are dropped). key's type must be the stage's input type; not for batch
 // stages.
+//
+// key is called before every attempt, with no timeout. A panic in it fails the item as a panic
+// of the stage's function does (reason panic, its stack in the dead letter), with no call
+// made, and is not retried: a key function is deterministic, so a retry would panic again.
 func RateLimitBy[T any](key func(T) string, perSecond float64, burst, maxKeys int) Option {
 	return rateLimit("RateLimitBy", key, perSecond, burst, maxKeys)
 }
@@ -115,7 +120,9 @@ func circuitBreaker(what string, key any, bc BreakerConfig, maxKeys int) Option 
 // policy, and are dead-lettered with reason circuit_open if it runs out); after OpenFor it lets
 // probes through, and closes when they succeed. State changes are logged and counted
 // (Stats.CircuitOpens, metric sluice.stage.circuit.opens); a change is an event on the span of
-// the call that caused it, and a refused attempt a circuit_open event.
+// the call that caused it, and a refused attempt a circuit_open event. A call abandoned for
+// ignoring its context (see Timeout) counts as a failure when it is abandoned: a half-open
+// breaker whose probe hangs opens again then, without waiting for the call to return.
 func CircuitBreaker(c BreakerConfig) Option {
 	return circuitBreaker("CircuitBreaker", nil, c, 0)
 }
@@ -123,6 +130,10 @@ func CircuitBreaker(c BreakerConfig) Option {
 // CircuitBreakerBy gives the stage one circuit breaker per key (per host), keeping at most
 // maxKeys of them (0: DefaultMaxKeys). key's type must be the stage's input type; not for
 // batch stages.
+//
+// key is called before every attempt, with no timeout. A panic in it fails the item as a panic of
+// the stage's function does (reason panic, its stack in the dead letter), with no call made, and is
+// not retried: a key function is deterministic, so a retry would panic again.
 func CircuitBreakerBy[T any](key func(T) string, c BreakerConfig, maxKeys int) Option {
 	return circuitBreaker("CircuitBreakerBy", key, c, maxKeys)
 }
@@ -199,25 +210,26 @@ func orDefault(maxKeys int) int {
 	return maxKeys
 }
 
-// wait takes a rate-limit token for an attempt on items; false means the run's work ended
-// first.
-func (g *guards[In]) wait(ctx context.Context, items []core.Envelope[In]) bool {
-	l := g.limiter
-	if g.limiters != nil && len(items) == 1 {
-		l = g.limiters.Get(g.limitKey(items[0].V))
+// pick returns the rate limiter and the breaker guarding an attempt on items (either may be
+// nil). It calls the key functions, which are user code: call it under the worker's panic
+// catcher (see attempts).
+func (g *guards[In]) pick(items []core.Envelope[In]) (*rate.Limiter, *breaker.Breaker) {
+	l, br := g.limiter, g.breaker
+	if len(items) == 1 {
+		if g.limiters != nil {
+			l = g.limiters.Get(g.limitKey(items[0].V))
+		}
+		if g.breakers != nil {
+			br = g.breakers.Get(g.brKey(items[0].V))
+		}
 	}
-	if l == nil {
-		return true
-	}
-	return l.Wait(ctx) == nil
+	return l, br
 }
 
-// breakerFor returns the breaker guarding an attempt on items, or nil.
-func (g *guards[In]) breakerFor(items []core.Envelope[In]) *breaker.Breaker {
-	if g.breakers != nil && len(items) == 1 {
-		return g.breakers.Get(g.brKey(items[0].V))
-	}
-	return g.breaker
+// wait takes a token from l (nil: no limit) for an attempt; false means the run's work ended
+// first.
+func wait(ctx context.Context, l *rate.Limiter) bool {
+	return l == nil || l.Wait(ctx) == nil
 }
 
 // isCircuitOpen reports whether err is a refusal by an open breaker.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sourcegraph/conc/panics"
+	"golang.org/x/time/rate"
 
 	"github.com/sluicehq/sluice/dlq"
 	"github.com/sluicehq/sluice/internal/breaker"
@@ -378,6 +379,9 @@ type worker[In, Out any] struct {
 	curAttempt int
 	curStart   int64
 	curSpan    trace.Span
+	// curBreaker is the breaker that let the attempt's call through (nil when none did, and
+	// between attempts): the abandoner reports the call's failure to it (see attempts).
+	curBreaker *breaker.Breaker
 	// claim is the state of a worker that claimed its whole batch (cur) with one begin, for
 	// first attempts on the short path (see work); 0 when it has not. whole tells the abandoner
 	// so: it then reads nothing the worker writes (outputs, counts) and parks the whole batch.
@@ -821,6 +825,12 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	draining := r.env.Work.Err() != nil
 	r.env.Logger.Warn("sluice: abandoned a call that ignores its cancelled context",
 		slog.String("stage", r.s.name), slog.Int("attempt", w.curAttempt), slog.Bool("draining", draining))
+	if w.curBreaker != nil {
+		// The call failed: its breaker learns of it now, not when (if ever) the call returns,
+		// which would keep a half-open breaker's probe slot taken meanwhile. The abandoned
+		// goroutine reports nothing.
+		r.breakerDone(w.curBreaker, false, w.curSpan)
+	}
 	attempts, first := w.curAttempt, r.wallTime(w.curStart)
 	for _, e := range w.cur {
 		if draining {
@@ -877,8 +887,9 @@ type failure struct {
 	stack    string
 }
 
-// attempts runs call under the stage's policy: per-attempt timeout, panic capture, retries with
-// backoff, and the shutdown rules. items are the inputs the call works on; start is when the
+// attempts runs call under the stage's policy: rate limit and circuit breaker, per-attempt
+// timeout (from the call's start), panic capture (of the guards' key functions too), retries
+// with backoff, and the shutdown rules. items are the inputs the call works on; start is when the
 // worker started on them (on the run's clock).
 //
 // first, if not nil, is the error of a first attempt that the caller already made on the short
@@ -895,7 +906,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		var err error
 		var stack string
 		var br *breaker.Breaker
-		allowed, timedOut := false, false
+		allowed, timedOut, keyPanicked := false, false, false
 		if attempt == 1 && first != nil {
 			err = *first // the attempt was made and counted; a lean stage has no breaker
 		} else {
@@ -904,25 +915,33 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 			} else {
 				w.info.set(&core.Meta{}, attempt, r.policy.MaxAttempts)
 			}
+			// The key functions are user code: a panic in one fails the attempt as a panic of
+			// the call does (below), with no call made.
+			var l *rate.Limiter
+			w.catch.Try(func() { l, br = r.guards.pick(items) })
+			keyPanicked = w.catch.Recovered() != nil
+			if !keyPanicked {
+				if !wait(r.env.Work, l) {
+					return vShutdown, failure{attempts: attempt - 1, first: r.wallTime(start)}
+				}
+				if br != nil {
+					err = br.Allow()
+				}
+			}
+			allowed = err == nil && !keyPanicked
+			// The timeout counts from here, as the watchdog does (begin): the wait for a
+			// token and the breaker's verdict are not part of the attempt's time.
 			ctx, cancel := base, context.CancelFunc(nil)
-			if r.s.cfg.timeout > 0 {
+			if allowed && r.s.cfg.timeout > 0 {
 				ctx, cancel = context.WithTimeout(ctx, r.s.cfg.timeout)
 			}
-			if !r.guards.wait(r.env.Work, items) {
-				if cancel != nil {
-					cancel()
-				}
-				return vShutdown, failure{attempts: attempt - 1, first: r.wallTime(start)}
-			}
-			br = r.guards.breakerFor(items)
-			if br != nil {
-				err = br.Allow()
+			if allowed {
+				w.curBreaker = br // for the abandoner, published by begin
 			}
 			s := w.begin(items, attempt, start)
-			allowed = err == nil
 			if allowed {
 				w.catch.Try(func() { err = call(ctx) })
-			} else if span != nil {
+			} else if span != nil && !keyPanicked {
 				span.AddEvent("circuit_open")
 			}
 			timedOut = cancel != nil && ctx.Err() == context.DeadlineExceeded
@@ -930,11 +949,10 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 				cancel()
 			}
 			if !w.end(s) {
-				if br != nil && allowed {
-					br.Done(false) // the call hung past its timeout and grace
-				}
+				// The call hung past its timeout and grace: the abandoner told the breaker.
 				return vAbandoned, failure{}
 			}
+			w.curBreaker = nil
 			w.lc.attempts++
 		}
 		if p := w.catch.Recovered(); p != nil {
@@ -944,12 +962,7 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		}
 		if br != nil && allowed {
 			// Permanent errors and shutdown say nothing about the dependency's health.
-			before := br.State()
-			br.Done(err == nil || retry.IsPermanent(err) || (r.env.Work.Err() != nil && stack == ""))
-			if after := br.State(); after != before && span != nil {
-				span.AddEvent("circuit_state", trace.WithAttributes(
-					attribute.String("sluice.circuit.from", before.String()), attribute.String("sluice.circuit.to", after.String())))
-			}
+			r.breakerDone(br, err == nil || retry.IsPermanent(err) || (r.env.Work.Err() != nil && stack == ""), span)
 		}
 		if err == nil {
 			r.budget.OnSuccess()
@@ -975,6 +988,11 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 			reason = dlq.ReasonTimeout
 			err = &TimeoutError{Timeout: r.s.cfg.timeout, Err: err}
 		}
+		if keyPanicked {
+			// A key function is deterministic: a retry would panic again. Not retried, and no
+			// retry budget is spent on it.
+			return vFailed, failure{err: err, reason: reason, attempts: attempt, first: r.wallTime(start), stack: stack}
+		}
 		if !started {
 			sched, started = r.policy.StartWithBudget(r.budget), true
 		}
@@ -999,6 +1017,17 @@ func (w *worker[In, Out]) attempts(items []core.Envelope[In], start int64, base 
 		if !w.sleep(delay) {
 			return vShutdown, failure{attempts: attempt, first: r.wallTime(start)}
 		}
+	}
+}
+
+// breakerDone reports the outcome of a call that br let through, and a change of br's state
+// as an event on span (if not nil), the span of the call's item.
+func (r *Runner[In, Out]) breakerDone(br *breaker.Breaker, success bool, span trace.Span) {
+	before := br.State()
+	br.Done(success)
+	if after := br.State(); after != before && span != nil {
+		span.AddEvent("circuit_state", trace.WithAttributes(
+			attribute.String("sluice.circuit.from", before.String()), attribute.String("sluice.circuit.to", after.String())))
 	}
 }
 

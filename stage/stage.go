@@ -198,12 +198,13 @@ func Capacity(n int) Option {
 	}
 }
 
-// Timeout sets the per-attempt timeout (default: none). When it passes, the attempt's context
-// is cancelled; an attempt whose call then fails is failed with reason timeout (and retried per
-// the policy). A call that ignores its context and comes back with a result within the grace
-// period has it kept: the work is done, and failing it would only do it again. If the function
-// ignores its context for longer than the grace period, the call is abandoned (failed with
-// reason timeout) and the worker replaced so the pool keeps its size.
+// Timeout sets the per-attempt timeout (default: none). It counts from the start of the attempt's
+// call: the wait for a rate-limit token (RateLimit) comes before and is not part of it. When it
+// passes, the attempt's context is cancelled; an attempt whose call then fails is failed with
+// reason timeout (and retried per the policy). A call that ignores its context and comes back with
+// a result within the grace period has it kept: the work is done, and failing it would only do it
+// again. If the function ignores its context for longer than the grace period, the call is
+// abandoned (failed with reason timeout) and the worker replaced so the pool keeps its size.
 func Timeout(d time.Duration) Option {
 	return func(c *config) {
 		if d < 0 {
