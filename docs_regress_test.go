@@ -2,10 +2,13 @@ package sluice_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -201,4 +204,42 @@ func TestStageAfterASinkIsRefused(t *testing.T) {
 	_, err := pipeline.New("sink-mid", pipeline.Then(pipeline.Then(pipeline.Then(pipeline.Input[int](), store), after), last))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `stage "store" is a sink, which ends a pipeline, but stage "after" follows it`)
+}
+
+// Every log line about an item carries its correlation ID (DESIGN), the abandonment's too, the
+// one an operator looks for with a hung call: it had only the stage and the attempt.
+func TestEveryItemLogLineHasTheCorrelationID(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		hung := stage.Sink("hung", func(ctx context.Context, s string) error {
+			if n, _ := stage.Attempt(ctx); n == 1 {
+				return context.DeadlineExceeded // a retry first (logged at debug level)
+			}
+			<-release // ignores its context
+			return nil
+		}, stage.Workers(1), stage.Timeout(10*time.Millisecond), stage.Grace(10*time.Millisecond),
+			stage.Retry(retry.Policy{MaxAttempts: 2, InitialInterval: time.Millisecond, NoJitter: true}))
+		var buf syncBuffer
+		p, err := pipeline.New("logs", pipeline.Then(pipeline.Input[string](), hung),
+			pipeline.WithLogger(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+		require.NoError(t, err)
+		rep, err := p.Run(context.Background(), pipeline.FromSlice([]string{"x"}).KeyBy(func(s string) string { return "item-" + s }))
+		require.NoError(t, err)
+		close(release)
+		synctest.Wait()
+		assert.EqualValues(t, 1, rep.DeadLettered)
+		var msgs []string
+		for line := range strings.Lines(buf.String()) {
+			var l struct {
+				Msg, Stage    string
+				CorrelationID string `json:"correlation_id"`
+			}
+			require.NoError(t, json.Unmarshal([]byte(line), &l))
+			if l.Stage != "" {
+				msgs = append(msgs, l.Msg)
+				assert.Equal(t, "item-x", l.CorrelationID, "log line %q", l.Msg)
+			}
+		}
+		assert.Contains(t, msgs, "sluice: abandoned a call that ignores its cancelled context")
+	})
 }

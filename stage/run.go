@@ -824,7 +824,7 @@ func (r *Runner[In, Out]) abandon(w *worker[In, Out]) {
 	r.env.Totals.Abandoned.Add(1)
 	draining := r.env.Work.Err() != nil
 	r.env.Logger.Warn("sluice: abandoned a call that ignores its cancelled context",
-		slog.String("stage", r.s.name), slog.Int("attempt", w.curAttempt), slog.Bool("draining", draining))
+		r.itemAttrs(w.cur, w.curAttempt, nil, slog.Bool("draining", draining))...)
 	if w.curBreaker != nil {
 		// The call failed: its breaker learns of it now, not when (if ever) the call returns,
 		// which would keep a half-open breaker's probe slot taken meanwhile. The abandoned
