@@ -400,3 +400,165 @@ func TestBatchCallsRunInParallel(t *testing.T) {
 		assert.Equal(t, int64(8), st.Succeeded)
 	})
 }
+
+// holdUntilCut is a last stage whose calls heed their context and wait for it: the drain
+// timeout cuts them off. started is closed when the first call begins.
+func holdUntilCut[T any](started chan struct{}) *stage.Stage[T, struct{}] {
+	var once sync.Once
+	return stage.Sink("upload", func(ctx context.Context, _ T) error {
+		once.Do(func() { close(started) })
+		<-ctx.Done()
+		return ctx.Err()
+	}, stage.Workers(1))
+}
+
+// cutByDrain runs p (whose last stage is a holdUntilCut) on a push source fed the items, the
+// acknowledged ones with an Ack that records its outcomes; once the last stage's first call
+// began, it cancels the run, whose drain timeout then cuts that call off.
+func cutByDrain(t *testing.T, p *pipeline.Pipeline[int], started <-chan struct{}, items []int, acked func(int) bool) (pipeline.Report, map[int][]pipeline.Outcome) {
+	t.Helper()
+	var mu sync.Mutex
+	acks := map[int][]pipeline.Outcome{}
+	push := pipeline.NewPush[int]()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	job, err := p.Start(ctx, push)
+	require.NoError(t, err)
+	for _, n := range items {
+		it := pipeline.Item[int]{Value: n}
+		if acked(n) {
+			it.Ack = func(o pipeline.Outcome) {
+				mu.Lock()
+				acks[n] = append(acks[n], o)
+				mu.Unlock()
+			}
+		}
+		require.NoError(t, push.SubmitItem(context.Background(), it))
+	}
+	<-started
+	cancel()
+	report, err := job.Wait()
+	require.NoError(t, err)
+	push.Close()
+	requireBalanced(t, report)
+	mu.Lock()
+	defer mu.Unlock()
+	return report, acks
+}
+
+// A batch carries an item with an acknowledgement and one without, and a drain cuts its output
+// off in the next stage. Nothing would redeliver the second item, so the output is not handed
+// back: it is parked in the DLQ (reason shutdown, replayable into the next stage), both units
+// count as dead-lettered, and the acknowledged item is told so. It was handed back whole
+// (Returned 2, acked NotDone): the item without an acknowledgement was lost, and the report
+// still balanced. A batch of acknowledged items alone is still handed back.
+func TestMixedAckBatchParkedByDrainLosesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		acked          func(int) bool
+		returned, dead int64
+		ack            pipeline.Outcome
+		records        int
+	}{
+		{"mixed", func(n int) bool { return n == 1 }, 0, 2, pipeline.DeadLettered, 1},
+		{"all acknowledged", func(int) bool { return true }, 2, 0, pipeline.NotDone, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				started := make(chan struct{})
+				batch := stage.Batch("batch", 2, time.Hour, func(_ context.Context, b []int) ([]int, error) { return b, nil }, stage.Workers(1))
+				mem := dlq.NewMemory()
+				p, err := pipeline.New("mixed", pipeline.Then(pipeline.Then(pipeline.Input[int](), batch), holdUntilCut[[]int](started)),
+					pipeline.WithDLQ(mem), pipeline.WithDrainTimeout(time.Second))
+				require.NoError(t, err)
+				report, acks := cutByDrain(t, p, started, []int{1, 2}, tc.acked)
+				want := map[int][]pipeline.Outcome{1: {tc.ack}}
+				if tc.acked(2) {
+					want[2] = []pipeline.Outcome{tc.ack}
+				}
+				assert.Equal(t, want, acks)
+				assert.EqualValues(t, tc.returned, report.Returned, "units handed back")
+				assert.EqualValues(t, tc.dead, report.DeadLettered, "units parked in the DLQ")
+				recs, err := mem.Records(context.Background())
+				require.NoError(t, err)
+				require.Len(t, recs, tc.records)
+				if tc.records == 0 {
+					return
+				}
+				assert.Equal(t, dlq.ReasonShutdown, recs[0].Reason)
+				assert.Equal(t, "upload", recs[0].Stage, "parked as the input of the stage that was cut off")
+				assert.JSONEq(t, `[1,2]`, string(recs[0].Payload))
+
+				// A replay finishes the parked output.
+				var mu sync.Mutex
+				var got [][]int
+				upload := stage.Sink("upload", func(_ context.Context, b []int) error {
+					mu.Lock()
+					got = append(got, b)
+					mu.Unlock()
+					return nil
+				})
+				batch2 := stage.Batch("batch", 2, time.Hour, func(_ context.Context, b []int) ([]int, error) { return b, nil })
+				p2, err := pipeline.New("mixed", pipeline.Then(pipeline.Then(pipeline.Input[int](), batch2), upload), pipeline.WithDLQ(mem))
+				require.NoError(t, err)
+				rr, err := p2.Replay(context.Background(), mem, pipeline.ReplayOptions{})
+				require.NoError(t, err)
+				assert.Equal(t, 1, rr.Completed)
+				assert.Equal(t, [][]int{{1, 2}}, got)
+				assert.Zero(t, mem.Len())
+			})
+		})
+	}
+}
+
+// The same question one hop further, wherever the units without an acknowledgement join: the
+// outputs of a flat-map of an acknowledged item batched with an item without one; the outputs of
+// a flat-map of a mixed batch (they are derived from it); the output of a batch of mixed batches.
+// Each output cut off by the drain is parked in the DLQ, not handed back (each was handed back:
+// the units of item 2 were lost).
+func TestMixedAckChainsParkedByDrainLoseNothing(t *testing.T) {
+	pair := func(_ context.Context, n int) ([]int, error) { return []int{10 * n, 10*n + 1}, nil }
+	same := func(_ context.Context, b []int) ([]int, error) { return b, nil }
+	for _, tc := range []struct {
+		name    string
+		build   func(started chan struct{}, opts ...pipeline.Option) (*pipeline.Pipeline[int], error)
+		dead    int64
+		records int
+	}{
+		{"flat-map into batch", func(started chan struct{}, opts ...pipeline.Option) (*pipeline.Pipeline[int], error) {
+			f := pipeline.Then(pipeline.Input[int](), stage.FlatMap("split", pair, stage.Workers(1)))
+			f2 := pipeline.Then(f, stage.Batch("batch", 4, time.Hour, same, stage.Workers(1)))
+			return pipeline.New("chain", pipeline.Then(f2, holdUntilCut[[]int](started)), opts...)
+		}, 4, 1},
+		{"batch into flat-map", func(started chan struct{}, opts ...pipeline.Option) (*pipeline.Pipeline[int], error) {
+			f := pipeline.Then(pipeline.Input[int](), stage.Batch("batch", 2, time.Hour, same, stage.Workers(1)))
+			f2 := pipeline.Then(f, stage.FlatMap("explode", same, stage.Workers(1)))
+			return pipeline.New("chain", pipeline.Then(f2, holdUntilCut[int](started)), opts...)
+		}, 2, 2},
+		{"batch into batch", func(started chan struct{}, opts ...pipeline.Option) (*pipeline.Pipeline[int], error) {
+			f := pipeline.Then(pipeline.Input[int](), stage.Batch("batch", 2, time.Hour, same, stage.Workers(1)))
+			f2 := pipeline.Then(f, stage.Batch("batches", 1, time.Hour, func(_ context.Context, b [][]int) ([][]int, error) { return b, nil }, stage.Workers(1)))
+			return pipeline.New("chain", pipeline.Then(f2, holdUntilCut[[][]int](started)), opts...)
+		}, 2, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				started := make(chan struct{})
+				mem := dlq.NewMemory()
+				p, err := tc.build(started, pipeline.WithDLQ(mem), pipeline.WithDrainTimeout(time.Second))
+				require.NoError(t, err)
+				report, acks := cutByDrain(t, p, started, []int{1, 2}, func(n int) bool { return n == 1 })
+				assert.Equal(t, map[int][]pipeline.Outcome{1: {pipeline.DeadLettered}}, acks)
+				assert.Zero(t, report.Returned, "nothing is handed back")
+				assert.Equal(t, tc.dead, report.DeadLettered, "every unit is parked in the DLQ")
+				recs, err := mem.Records(context.Background())
+				require.NoError(t, err)
+				require.Len(t, recs, tc.records)
+				for _, rec := range recs {
+					assert.Equal(t, dlq.ReasonShutdown, rec.Reason)
+					assert.Equal(t, "upload", rec.Stage)
+				}
+			})
+		})
+	}
+}

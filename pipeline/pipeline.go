@@ -337,6 +337,9 @@ type Report struct {
 	DeadLettered int64 `json:"dead_lettered"`
 	Rejected     int64 `json:"rejected"`
 	// Returned counts units handed back unacknowledged (NotDone) to a source that redelivers.
+	// Only an item all of whose units can be redelivered is handed back: a batch's output cut
+	// off by a drain that also carries items without an acknowledgement is dead-lettered
+	// (reason shutdown) with all its units, and its acknowledged items get DeadLettered.
 	Returned int64 `json:"returned"`
 	// Stranded counts units left without a terminal state because the run failed.
 	Stranded int64 `json:"stranded"`

@@ -23,7 +23,8 @@ const (
 	// rest delivered or filtered).
 	DeadLettered = core.DeadLettered
 	// NotDone: a drain cut the item off, or the run failed, before it was done; a source that
-	// can redeliver should do so (a broker's nak).
+	// can redeliver should do so (a broker's nak). (A drain parks an item in the DLQ instead,
+	// DeadLettered, when what it was cut off in also carries items without an Ack.)
 	NotDone = core.NotDone
 )
 
@@ -51,7 +52,10 @@ type Item[T any] struct {
 	// fails, the source is stopped and the run fails with the panic once the items in flight are
 	// done. An item whose call was abandoned (it ignored its cancelled context past the stage's
 	// grace) is acknowledged, NotDone or DeadLettered, while that call may still be running: a
-	// source that redelivers it may have it worked on twice at once.
+	// source that redelivers it may have it worked on twice at once. An item batched with items
+	// that have no Ack is not handed back when a drain cuts the batch's output off (nothing would
+	// redeliver the others): the output is dead-lettered, reason shutdown, and Ack gets
+	// DeadLettered.
 	Ack func(Outcome)
 	// Context is the context the item was submitted with: its span becomes the parent of the
 	// item's spans, and when it ends before the item is admitted, admission gives up.

@@ -7,7 +7,8 @@ import (
 
 // ErrShutdown is the error of an item parked by a drain: the run stopped before the item was
 // done. Such items are dead-lettered with reason shutdown, or handed back to a source that can
-// redeliver them.
+// redeliver them (all of their units: a batch's output that carries items without an
+// acknowledgement is dead-lettered).
 var ErrShutdown error = shutdownError{}
 
 type shutdownError struct{}

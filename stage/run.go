@@ -1477,9 +1477,7 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], wait time.Durat
 	trackers := make([]*core.Tracker, 0, len(items))
 	for _, e := range items {
 		m.Weight += e.M.Weight
-		if e.M.Tracker != nil {
-			trackers = append(trackers, e.M.Tracker)
-		}
+		trackers = append(trackers, e.M.Tracker) // nil too: Group remembers the items without one
 	}
 	m.Tracker = core.Group(trackers)
 	if r.next == nil {
@@ -1492,13 +1490,17 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], wait time.Durat
 }
 
 // park ends an item cut off by a drain: handed back to a source that can redeliver it, or
-// dead-lettered with reason shutdown. It returns the outcome (and for a dead letter its error),
-// for the work-time metric. attempts counts the attempts that failed before the cut.
+// dead-lettered with reason shutdown. It is handed back only when every unit it carries can be
+// redelivered (see core.Tracker.Redeliverable): a batch's output, or an output derived from one,
+// that also carries items without an acknowledgement is dead-lettered whole, and its
+// acknowledged items are told DeadLettered (it is durable), since nothing would redeliver the
+// others. It returns the outcome (and for a dead letter its error), for the work-time metric.
+// attempts counts the attempts that failed before the cut.
 // span, if not nil, is the item's span in this stage: park records the outcome and ends it.
 // The items of a batch share their span: the first one's outcome is recorded (an ended span
 // records nothing more), and every dead letter names the span.
 func (r *Runner[In, Out]) park(e core.Envelope[In], attempts int, first time.Time, span trace.Span) (outcome string, err error) {
-	if e.M.Tracker != nil && !r.env.Failed() {
+	if e.M.Tracker.Redeliverable() && !r.env.Failed() {
 		r.stats.returned.Add(1)
 		r.env.Totals.Returned.Add(int64(e.M.Weight))
 		e.M.Tracker.Done(core.NotDone)

@@ -83,20 +83,48 @@ func (t *Tracker) Fork(n int) *Tracker {
 }
 
 // Group returns a tracker that, when done, marks every member done with the same outcome (the
-// items a batch carries). It returns nil when no member needs an acknowledgement.
+// items a batch carries, one tracker or nil each). It returns nil when no member needs an
+// acknowledgement. When some do and some do not, the group keeps one nil member for those that
+// do not: it is not Redeliverable (Done skips the nil).
 func Group(members []*Tracker) *Tracker {
 	var ms []*Tracker
+	untracked := false
 	for _, m := range members {
 		if m != nil {
 			ms = append(ms, m)
+		} else {
+			untracked = true
 		}
 	}
 	if len(ms) == 0 {
 		return nil
 	}
+	if untracked {
+		ms = append(ms, nil)
+	}
 	t := &Tracker{members: ms}
 	t.pending.Store(1)
 	return t
+}
+
+// Redeliverable reports whether every unit under t has a source that can redeliver it, so that
+// an item cut off by a drain may be handed back (NotDone) instead of dead-lettered: false for
+// nil (no acknowledgement), and for a group that also carries units without one, directly or
+// through a member or the item it was derived from (a flat-map's input). It walks the tree:
+// call it off the hot path (a drain parks items with it).
+func (t *Tracker) Redeliverable() bool {
+	switch {
+	case t == nil:
+		return false
+	case t.parent != nil:
+		return t.parent.Redeliverable()
+	}
+	for _, m := range t.members {
+		if !m.Redeliverable() {
+			return false
+		}
+	}
+	return true
 }
 
 // Done records that one item under t reached outcome o.

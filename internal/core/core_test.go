@@ -243,6 +243,28 @@ func TestTrackerTree(t *testing.T) {
 	assert.Equal(t, "not-done", NotDone.String())
 }
 
+// Only a tracker all of whose units have an acknowledgement is redeliverable: a group that also
+// carries items without one is not, nor what is grouped with it or derived from it.
+func TestTrackerRedeliverable(t *testing.T) {
+	noPanic := func(err error) { t.Errorf("no ack panics here: %v", err) }
+	var got []Outcome
+	root := NewRoot(func(o Outcome) { got = append(got, o) }, noPanic)
+	other := NewRoot(func(Outcome) {}, noPanic)
+	var nilT *Tracker
+	assert.False(t, nilT.Redeliverable(), "no acknowledgement")
+	assert.True(t, root.Redeliverable())
+	assert.True(t, root.Fork(2).Redeliverable())
+	assert.True(t, Group([]*Tracker{root, other}).Redeliverable())
+	assert.True(t, Group([]*Tracker{root.Fork(2), Group([]*Tracker{other})}).Redeliverable())
+
+	mixed := Group([]*Tracker{root, nil})
+	assert.False(t, mixed.Redeliverable(), "a member without an acknowledgement")
+	assert.False(t, mixed.Fork(2).Redeliverable(), "derived from a mixed group")
+	assert.False(t, Group([]*Tracker{other, mixed}).Redeliverable(), "grouped with a mixed group")
+	mixed.Done(DeadLettered) // the nil member is skipped
+	assert.Equal(t, []Outcome{DeadLettered}, got)
+}
+
 // A panic in an acknowledgement does not propagate: the tracker hands it to its handler, with
 // the outcome, the panic's value and the stack, and is done.
 func TestTrackerAckPanic(t *testing.T) {
