@@ -94,6 +94,51 @@ func TestStoppedReplayListsOnlyWhatItInjected(t *testing.T) {
 	})
 }
 
+// A replay stopped while an item is in flight says which injected records completed: the
+// item the drain cut off is handed back, so its record stays in the store and is not in
+// CompletedIDs (a tool that took every injected record not dead-lettered again for a success
+// reported it as one).
+func TestStoppedReplayListsWhichRecordsCompleted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var replaying atomic.Bool
+		entered := make(chan int, 10)
+		s := stage.Sink("s", func(ctx context.Context, n int) error {
+			if !replaying.Load() {
+				return retry.Permanent(errors.New("down"))
+			}
+			entered <- n
+			if n == 1 {
+				return nil
+			}
+			<-ctx.Done() // the drain cuts it off
+			return ctx.Err()
+		}, stage.Workers(1))
+		mem := dlq.NewMemory()
+		p, err := pipeline.New("p", pipeline.Then(pipeline.Input[int](), s), pipeline.WithDLQ(mem),
+			pipeline.WithDrainTimeout(time.Second))
+		require.NoError(t, err)
+		rep, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3}))
+		require.NoError(t, err)
+		require.EqualValues(t, 3, rep.DeadLettered)
+		left, err := mem.Records(context.Background())
+		require.NoError(t, err)
+
+		replaying.Store(true)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-entered; <-entered; cancel() }() // stop the replay while item 2 is in flight
+		rr, err := p.Replay(ctx, mem, pipeline.ReplayOptions{})
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, len(rr.Injected), 2)
+		assert.Equal(t, left[0].ID, rr.Injected[0])
+		assert.Equal(t, left[1].ID, rr.Injected[1])
+		assert.Equal(t, []string{left[0].ID}, rr.CompletedIDs, "only item 1 was delivered")
+		assert.Equal(t, len(rr.CompletedIDs), rr.Completed)
+		rest, err := mem.Records(context.Background())
+		require.NoError(t, err)
+		assert.Equal(t, left[1:], rest, "the records not completed stay in the store")
+	})
+}
+
 // WithDLQFile's file is opened by New once the configuration is accepted, so a file that a later
 // option replaced, or that belonged to a refused configuration, is not left open and locked.
 // A nil sink in an interface (a *dlq.File from an OpenFile whose error was ignored) is refused

@@ -47,7 +47,12 @@ type ReplayReport struct {
 	Injected []string
 	// Completed counts injected records removed from the store: their item was delivered,
 	// filtered, or durably dead-lettered again (as a new record with Replays incremented).
+	// It is len(CompletedIDs).
 	Completed int
+	// CompletedIDs lists the IDs of the completed records, in the order of Injected. An
+	// injected record that is not in it was not finished (a replay stopped early handed its
+	// item back, or the run failed first) and stays in the store for a later replay.
+	CompletedIDs []string
 	// Skipped lists selected records left in the store: an unknown stage, or a payload that
 	// does not decode as the stage's input.
 	Skipped []Skipped
@@ -133,7 +138,7 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 		limiter = rate.NewLimiter(rate.Limit(opts.Rate), 1)
 	}
 	var mu sync.Mutex
-	completed := 0
+	completed := map[string]bool{}
 	var injected []string
 	for _, n := range r.nodes {
 		n.AddProducers(1)
@@ -162,7 +167,7 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 					return
 				}
 				mu.Lock()
-				completed++
+				completed[rec.ID] = true
 				mu.Unlock()
 			}
 			meta := core.Meta{
@@ -193,7 +198,13 @@ func (p *Pipeline[In]) Replay(ctx context.Context, store dlq.Store, opts ReplayO
 	rep, err := r.job.Wait()
 	rr.Report = rep
 	mu.Lock()
-	rr.Completed, rr.Injected = completed, injected
+	rr.Injected = injected
+	for _, id := range injected {
+		if completed[id] {
+			rr.CompletedIDs = append(rr.CompletedIDs, id)
+		}
+	}
+	rr.Completed = len(rr.CompletedIDs)
 	mu.Unlock()
 	return rr, err
 }

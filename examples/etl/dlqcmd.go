@@ -512,7 +512,7 @@ func needsSampleServer(r dlq.Record) bool {
 }
 
 // replayDLQ replays the selected dead letters into the stages that failed them, and prints
-// what succeeded and what was dead-lettered again.
+// what succeeded, what was dead-lettered again, and what a stopped replay left in the DLQ.
 func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, stdout, stderr io.Writer) (pipeline.ReplayReport, error) {
 	var rr pipeline.ReplayReport
 	cfg.Files = 1 // the dataset comes from the records
@@ -607,10 +607,11 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 	}
 
 	// Which injected records succeeded, which failed again (and which succeeded except for
-	// some of the rows they were split into).
+	// some of the rows they were split into), and which are not finished: a stopped replay
+	// hands its items in flight back, and their records stay in the DLQ.
 	mu.Lock()
 	defer mu.Unlock()
-	type tally struct{ ok, partly, failed int }
+	type tally struct{ ok, partly, failed, left int }
 	failedSelf, failedBelow := map[string]bool{}, map[string]bool{}
 	for _, a := range again {
 		failedSelf[a.CorrelationID] = true
@@ -624,6 +625,10 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 			failedBelow[id] = true
 		}
 	}
+	completed := make(map[string]bool, len(rr.CompletedIDs))
+	for _, id := range rr.CompletedIDs {
+		completed[id] = true
+	}
 	perStage := map[string]*tally{}
 	for _, id := range rr.Injected {
 		rec := byID[id]
@@ -633,6 +638,8 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 			perStage[rec.Stage] = t
 		}
 		switch {
+		case !completed[id]:
+			t.left++
 		case failedSelf[rec.CorrelationID]:
 			t.failed++
 		case failedBelow[rec.CorrelationID]:
@@ -641,14 +648,19 @@ func replayDLQ(ctx context.Context, cfg Config, filter dlq.Filter, dryRun bool, 
 			t.ok++
 		}
 	}
-	fmt.Fprintf(stdout, "\nreplayed %d of %d selected records; %d completed (left the DLQ)\n", len(rr.Injected), rr.Selected, rr.Completed)
-	t := newTable([]string{"stage", "succeeded", "partly", "dead-lettered again"}, 1, 2, 3)
+	fmt.Fprintf(stdout, "\nreplayed %d of %d selected records; %d completed (left the DLQ)", len(rr.Injected), rr.Selected, rr.Completed)
+	if n := len(rr.Injected) - rr.Completed; n > 0 {
+		fmt.Fprintf(stdout, ", %d not finished (still in the DLQ)", n)
+	}
+	fmt.Fprintln(stdout)
+	t := newTable([]string{"stage", "succeeded", "partly", "dead-lettered again", "not finished"}, 1, 2, 3, 4)
 	for _, s := range slices.Sorted(maps.Keys(perStage)) {
 		x := perStage[s]
-		t.add(s, strconv.Itoa(x.ok), strconv.Itoa(x.partly), strconv.Itoa(x.failed))
+		t.add(s, strconv.Itoa(x.ok), strconv.Itoa(x.partly), strconv.Itoa(x.failed), strconv.Itoa(x.left))
 	}
 	t.write(stdout, "  ")
-	fmt.Fprintln(stdout, "  (partly: the item succeeded, but some of the rows it was split into were dead-lettered)")
+	fmt.Fprintln(stdout, "  (partly: the item succeeded, but some of the rows it was split into were dead-lettered;")
+	fmt.Fprintln(stdout, "  not finished: the replay was stopped first, the record is still in the DLQ: replay it again)")
 	printSkipped(stdout, rr.Skipped)
 	if len(again) > 0 {
 		fmt.Fprintf(stdout, "\ndead-lettered again: %d records\n", len(again))

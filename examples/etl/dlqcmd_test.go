@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -276,4 +277,55 @@ func TestDLQTopAndLimitMustBePositive(t *testing.T) {
 	code, out, errOut = dlqRun("stats", "-top", "1", "-dlq", path)
 	require.Equal(t, 0, code, errOut)
 	assert.Contains(t, out, "… and 2 more kinds", "3 kinds of error, 1 shown")
+}
+
+// tallyRow returns the row of stage in replay's tally table ("stage  succeeded  partly
+// dead-lettered again  not finished"), keyed by column header.
+func tallyRow(t *testing.T, out, stage string) map[string]string {
+	t.Helper()
+	cols := regexp.MustCompile(`\s{2,}`)
+	var header []string
+	for _, l := range strings.Split(out, "\n") {
+		cells := cols.Split(strings.TrimSpace(l), -1)
+		switch {
+		case len(cells) > 1 && cells[0] == "stage" && cells[1] == "succeeded":
+			header = cells
+		case header != nil && cells[0] == stage && len(cells) == len(header):
+			row := map[string]string{}
+			for i, h := range header {
+				row[h] = cells[i]
+			}
+			return row
+		}
+	}
+	require.FailNow(t, "no tally row", "stage %s in:\n%s", stage, out)
+	return nil
+}
+
+// A replay that is stopped (SIGINT/SIGTERM, here its context) while its downloads are in
+// flight hands the items back, so their records stay in the DLQ: the tally reports them as not
+// finished, not as succeeded (it counted every injected record that was not dead-lettered
+// again as a success).
+func TestDLQStoppedReplayReportsRecordsLeftAsNotFinished(t *testing.T) {
+	path, _ := writeDLQ(t) // two download records of sample files, two validate records
+	cfg := testConfig(t, 1, 10, 0)
+	cfg.DLQ = path
+	cfg.Latency = 5 * time.Second          // every sample download is slow
+	cfg.DownloadTimeout = 10 * time.Second // and no attempt times out before the stop
+	cfg.Drain = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(time.Second, cancel)
+	var stdout, stderr syncBuffer
+	rr, err := replayDLQ(ctx, cfg, dlq.Filter{Stage: "download"}, false, &stdout, &stderr)
+	require.NoError(t, err, stderr.String())
+	out := stdout.String()
+	require.Len(t, rr.Injected, 2, out)
+	require.Len(t, readRecords(t, path), 4, "the stopped replay left both download records in the DLQ")
+	assert.Zero(t, rr.Completed)
+	assert.Empty(t, rr.CompletedIDs)
+	assert.Contains(t, out, "0 completed (left the DLQ), 2 not finished (still in the DLQ)")
+	row := tallyRow(t, out, "download")
+	assert.Equal(t, "0", row["succeeded"], "records still in the DLQ are reported as succeeded: %v", row)
+	assert.Equal(t, "0", row["dead-lettered again"], "%v", row)
+	assert.Equal(t, "2", row["not finished"], "%v", row)
 }

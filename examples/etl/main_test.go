@@ -273,6 +273,7 @@ func TestEndToEndWithFaultsThenReplay(t *testing.T) {
 	assert.Len(t, rr.Injected, len(recs))
 	assert.Equal(t, len(recs), rr.Completed)
 	assert.Contains(t, rout.String(), "dead-lettered again")
+	assert.NotContains(t, rout.String(), "not finished (still in the DLQ)", "every injected record completed")
 
 	after := readRecords(t, cfg.DLQ)
 	checkDone(t, d, readStore(t, cfg.Out), after)
