@@ -65,7 +65,8 @@
 // its ID that come before it; any other "op" makes the line corrupt.
 // Writing a record whose ID is live replaces it: readers return the last
 // version, at the position of the first. [File.Compact] rewrites the file
-// with only the live records. A line may be at most [MaxLineSize] bytes.
+// with only the live records, each line as it was, fields this package
+// does not know included. A line may be at most [MaxLineSize] bytes.
 //
 // Only one process writes a file at a time: the writer holds an exclusive
 // flock on the sibling file path + ".lock", where path has its symlinks

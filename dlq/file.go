@@ -452,12 +452,12 @@ func (f *File) Records(ctx context.Context) ([]Record, error) {
 	if closed {
 		return nil, fmt.Errorf("dlq: records %s: %w", f.path, ErrClosed)
 	}
-	return readCommitted(ctx, fh, size, f.path)
+	return readCommitted(ctx, fh, size, f.path, keepRecord)
 }
 
 // readCommitted reads the committed part of a log, which has no torn tail.
-func readCommitted(ctx context.Context, fh *os.File, size int64, path string) ([]Record, error) {
-	recs, torn, err := readLog(ctx, io.NewSectionReader(fh, 0, size), path, MaxLineSize)
+func readCommitted[T any](ctx context.Context, fh *os.File, size int64, path string, keep func(Record, lineSpan) T) ([]T, error) {
+	recs, torn, err := readLog(ctx, io.NewSectionReader(fh, 0, size), path, MaxLineSize, keep)
 	if err != nil {
 		return nil, err
 	}
@@ -468,14 +468,21 @@ func readCommitted(ctx context.Context, fh *os.File, size int64, path string) ([
 }
 
 // Compact rewrites the file with only the live records, dropping deleted
-// and replaced records and tombstones: it writes path + ".tmp", fsyncs it,
-// renames it over path and fsyncs the directory, where path is the one
-// OpenFile resolved (so a symlink the File was opened through is kept).
-// Writes wait while it runs, and then append to the new file; the lock is
-// kept throughout. If Compact fails before the rename, the file is left as
-// it was; if it fails after (the directory fsync), the File enters the
-// failed state, because later appends could be lost in a crash. A path +
-// ".tmp" left by a crash during an earlier Compact is overwritten.
+// and replaced records and tombstones. Each live record keeps its line as
+// the file has it, byte for byte (its last version, at the position of its
+// first, as Records returns it): fields this package does not know, which
+// a newer writer may add (see the package documentation), are kept, and
+// nothing is normalized. It keeps the ID and the position of each live
+// line in memory, not the records.
+//
+// It writes path + ".tmp", fsyncs it, renames it over path and fsyncs the
+// directory, where path is the one OpenFile resolved (so a symlink the
+// File was opened through is kept). Writes wait while it runs, and then
+// append to the new file; the lock is kept throughout. If Compact fails
+// before the rename, the file is left as it was; if it fails after (the
+// directory fsync), the File enters the failed state, because later
+// appends could be lost in a crash. A path + ".tmp" left by a crash during
+// an earlier Compact is overwritten.
 func (f *File) Compact(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -528,9 +535,13 @@ func (f *File) Compact(ctx context.Context) error {
 }
 
 // rewrite writes the live records of fh[:size] to a temp file and renames
-// it over the path. fatal reports an error after the rename.
+// it over the path. fatal reports an error after the rename. Each live
+// record is copied as the line it was read from, byte for byte, so that
+// the fields this package does not know (compatible additions by a newer
+// writer) are kept. Lines that follow each other in fh are copied
+// together.
 func (f *File) rewrite(ctx context.Context, fh *os.File, size int64) (newFh *os.File, newSize int64, fatal bool, err error) {
-	recs, err := readCommitted(ctx, fh, size, f.path)
+	spans, err := readCommitted(ctx, fh, size, f.path, keepSpan)
 	if err != nil {
 		return nil, 0, false, err
 	}
@@ -552,19 +563,38 @@ func (f *File) rewrite(ctx context.Context, fh *os.File, size int64) (newFh *os.
 		return abort(err)
 	}
 	bw := bufio.NewWriterSize(tf, 256<<10)
-	for i, rec := range recs {
+	var run lineSpan // lines of fh not yet copied, which follow each other
+	copyRun := func() error {
+		if run.n == 0 {
+			return nil
+		}
+		n, err := io.Copy(bw, io.NewSectionReader(fh, run.off, run.n))
+		if err == nil && n != run.n {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return fmt.Errorf("copy %d bytes at offset %d of %s to %s: %w", run.n, run.off, f.resolved, tmp, err)
+		}
+		return nil
+	}
+	for i, sp := range spans {
 		if i%1024 == 0 {
 			if err := ctx.Err(); err != nil {
 				return abort(err)
 			}
 		}
-		line, err := Encode(rec)
-		if err != nil {
-			return abort(err)
+		if run.n > 0 && sp.off == run.off+run.n {
+			run.n += sp.n
+		} else {
+			if err := copyRun(); err != nil {
+				return abort(err)
+			}
+			run = sp
 		}
-		bw.Write(line)
-		bw.WriteByte('\n')
-		newSize += int64(len(line)) + 1
+		newSize += sp.n
+	}
+	if err := copyRun(); err != nil {
+		return abort(err)
 	}
 	if err := bw.Flush(); err != nil {
 		return abort(fmt.Errorf("write %s: %w", tmp, err))

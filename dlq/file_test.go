@@ -320,6 +320,49 @@ func TestCompact(t *testing.T) {
 	assert.Equal(t, 1, res.Records[0].Replays, "replaced version kept")
 }
 
+// TestCompactKeepsFieldsItDoesNotKnow checks that Compact writes each live
+// record back as the line it read, byte for byte: format version 1 allows
+// compatible additions (fields that readers ignore), and a Compact by an
+// older writer must not strip the fields a newer one added (it re-encoded
+// the decoded records, which have no place for them). The last version of a
+// replaced record wins, at the position of the first, as readers see it; a
+// line with invalid UTF-8 stays as the file had it.
+func TestCompactKeepsFieldsItDoesNotKnow(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "d.jsonl")
+	const (
+		a1 = `{"v":1,"id":"a","correlation_id":"c","pipeline":"p","stage":"s","reason":"error","error":"e","attempts":1,"max_attempts":1,"replays":0,"tenant":"acme","payload":null}`
+		b  = `{"v":1,"id":"b","stage":"s","reason":"error","error":"bad ` + "\xff" + ` byte","future":{"nested":[1,2]},"payload":{"k":1}}` // a raw 0xff byte
+		c  = `{"v":1,"id":"c","stage":"s","reason":"timeout","region":"eu","payload":"x"}`
+		a2 = `{"v":1,"id":"a","stage":"s","reason":"error","replays":1,"tenant":"acme-2","payload":null}`
+		dc = `{"v":1,"op":"delete","id":"c"}`
+	)
+	require.NoError(t, os.WriteFile(path, []byte(a1+"\n"+b+"\n"+c+"\n"+a2+"\n"+dc+"\n"), 0o644))
+	f, err := dlq.OpenFile(path)
+	require.NoError(t, err)
+	defer f.Close()
+	before, err := f.Records(ctx)
+	require.NoError(t, err)
+
+	require.NoError(t, f.Compact(ctx))
+	assert.Equal(t, a2+"\n"+b+"\n", readAll(t, path), "the live lines, as they were, in first-written order")
+	after, err := f.Records(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, before, after)
+
+	// Appends go on after the kept lines, and a second Compact keeps them too.
+	r := rec(1)
+	require.NoError(t, f.Write(ctx, r))
+	require.NoError(t, f.Delete(ctx, "b"))
+	require.NoError(t, f.Compact(ctx))
+	line, err := dlq.Encode(r)
+	require.NoError(t, err)
+	assert.Equal(t, a2+"\n"+string(line)+"\n", readAll(t, path))
+	after, err = f.Records(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a", r.ID}, idsOf(after))
+}
+
 func TestCompactConcurrentWithWritesAndReads(t *testing.T) {
 	ctx := context.Background()
 	f, path := openTemp(t)

@@ -117,7 +117,7 @@ func TestReadLineLimit(t *testing.T) {
 	limit := len(good) + 10
 
 	// A long complete line is corrupt, without being held in memory.
-	_, _, err = readLog(context.Background(), strings.NewReader(string(good)+"\n"+long+"\n"), "f", limit)
+	_, _, err = readLog(context.Background(), strings.NewReader(string(good)+"\n"+long+"\n"), "f", limit, keepRecord)
 	var ce *CorruptError
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, 2, ce.Line)
@@ -125,14 +125,14 @@ func TestReadLineLimit(t *testing.T) {
 	assert.Contains(t, err.Error(), "longer than")
 
 	// A long unterminated last line is a torn tail.
-	recs, torn, err := readLog(context.Background(), strings.NewReader(string(good)+"\n"+long), "f", limit)
+	recs, torn, err := readLog(context.Background(), strings.NewReader(string(good)+"\n"+long), "f", limit, keepRecord)
 	require.NoError(t, err)
 	assert.Len(t, recs, 1)
 	require.NotNil(t, torn)
 	assert.Equal(t, TornTail{Offset: int64(len(good) + 1), Bytes: int64(len(long)), Line: 2}, *torn)
 
 	// Within the limit, lines longer than the read buffer are fine.
-	recs, torn, err = readLog(context.Background(), strings.NewReader(long+"\n"+string(good)+"\n"), "f", MaxLineSize)
+	recs, torn, err = readLog(context.Background(), strings.NewReader(long+"\n"+string(good)+"\n"), "f", MaxLineSize, keepRecord)
 	require.NoError(t, err)
 	assert.Nil(t, torn)
 	assert.Len(t, recs, 2)
@@ -148,7 +148,7 @@ func TestReadLogHonoursContext(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, _, err := readLog(ctx, strings.NewReader(sb.String()), "f", MaxLineSize)
+	_, _, err := readLog(ctx, strings.NewReader(sb.String()), "f", MaxLineSize, keepRecord)
 	require.ErrorIs(t, err, context.Canceled)
 }
 

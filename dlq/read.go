@@ -51,53 +51,75 @@ func ReadFile(path string) (ReadResult, error) {
 		return ReadResult{}, fmt.Errorf("dlq: read dead-letter file: %w", err)
 	}
 	defer fh.Close()
-	recs, torn, err := readLog(context.Background(), fh, path, MaxLineSize)
+	recs, torn, err := readLog(context.Background(), fh, path, MaxLineSize, keepRecord)
 	if err != nil {
 		return ReadResult{}, err
 	}
 	return ReadResult{Records: recs, Torn: torn}, nil
 }
 
-// liveSet applies records and tombstones in file order.
-type liveSet struct {
-	recs []Record       // in first-written order; deleted slots have ID ""
-	idx  map[string]int // live ID -> index in recs
-	dead int
+// liveSet applies records and tombstones in file order. It keeps a T for
+// each live record: the Record itself for readers, a lineSpan for Compact.
+type liveSet[T any] struct {
+	slots []liveSlot[T]  // in first-written order
+	idx   map[string]int // live ID -> index in slots
+	dead  int            // slots deleted
 }
 
-func (s *liveSet) put(rec Record) {
-	if i, ok := s.idx[rec.ID]; ok {
-		s.recs[i] = rec
+type liveSlot[T any] struct {
+	v    T
+	live bool
+}
+
+func (s *liveSet[T]) put(id string, v T) {
+	if i, ok := s.idx[id]; ok {
+		s.slots[i].v = v
 		return
 	}
-	s.idx[rec.ID] = len(s.recs)
-	s.recs = append(s.recs, rec)
+	s.idx[id] = len(s.slots)
+	s.slots = append(s.slots, liveSlot[T]{v: v, live: true})
 }
 
-func (s *liveSet) remove(id string) {
+func (s *liveSet[T]) remove(id string) {
 	if i, ok := s.idx[id]; ok {
-		s.recs[i] = Record{}
+		s.slots[i] = liveSlot[T]{}
 		delete(s.idx, id)
 		s.dead++
 	}
 }
 
-func (s *liveSet) live() []Record {
-	out := make([]Record, 0, len(s.recs)-s.dead)
-	for _, r := range s.recs {
-		if r.ID != "" {
-			out = append(out, r)
+func (s *liveSet[T]) live() []T {
+	out := make([]T, 0, len(s.slots)-s.dead)
+	for _, sl := range s.slots {
+		if sl.live {
+			out = append(out, sl.v)
 		}
 	}
 	return out
 }
 
+// lineSpan is where a line is in a log: its offset and its length,
+// newline included.
+type lineSpan struct {
+	off, n int64
+}
+
+// keepRecord is the keep function of readLog for readers: the record.
+func keepRecord(rec Record, _ lineSpan) Record { return rec }
+
+// keepSpan is the keep function of readLog for Compact: where the line is,
+// so that it can be copied as it is, fields this package does not know
+// included.
+func keepSpan(_ Record, sp lineSpan) lineSpan { return sp }
+
 // readLog reads a dead-letter log from r: it parses every complete line,
-// applies tombstones and returns the live records and the torn tail (an
-// unterminated last line), if any. path is used in errors only.
-func readLog(ctx context.Context, r io.Reader, path string, maxLine int) ([]Record, *TornTail, error) {
+// applies tombstones and returns, for each live record in first-written
+// order, what keep makes of its last version and of where that version's
+// line is, and the torn tail (an unterminated last line), if any. path is
+// used in errors only.
+func readLog[T any](ctx context.Context, r io.Reader, path string, maxLine int, keep func(Record, lineSpan) T) ([]T, *TornTail, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
-	set := liveSet{idx: make(map[string]int)}
+	set := liveSet[T]{idx: make(map[string]int)}
 	var (
 		offset int64 // offset of the current line
 		lineNo int   // 1-based number of the current line
@@ -132,7 +154,7 @@ func readLog(ctx context.Context, r io.Reader, path string, maxLine int) ([]Reco
 		if op == opDelete {
 			set.remove(rec.ID)
 		} else {
-			set.put(rec)
+			set.put(rec.ID, keep(rec, lineSpan{off: offset, n: n}))
 		}
 		offset += n
 	}
