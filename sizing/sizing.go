@@ -37,8 +37,8 @@ func LittlesLaw(arrivalRate float64, latency time.Duration) int {
 		return math.MaxInt
 	}
 	// Absorb the rounding error of a product that should be a whole number (ceil(1.0000000001)
-	// would be 2 workers).
-	x -= x * 1e-12
+	// would be 2 workers): a few ulps, not more, or a real fraction is lost with it.
+	x -= x * 0x1p-50
 	return max(1, int(math.Ceil(x)))
 }
 

@@ -31,7 +31,10 @@ func TestLittlesLaw(t *testing.T) {
 		{0.1, 10 * time.Second, 1},
 		{0.3, 10 * time.Second, 3},
 		{1e6, time.Microsecond, 1},
-		{3, time.Second / 3, 1}, // 0.999999999
+		{3, time.Second / 3, 1},                       // 0.999999999
+		{1, 2000*time.Second + time.Nanosecond, 2001}, // 2000.000000001: a real fraction, not a rounding error
+		{2, 3600*time.Second + time.Nanosecond, 7201},
+		{1000.0000000001, time.Second, 1001},
 		{10, 2 * time.Millisecond, 1},
 		{0, time.Second, 1},
 		{-5, time.Second, 1},

@@ -92,7 +92,7 @@ func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(form
 func (c Config) check() error {
 	var errs []string
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
-	if c.Faults < 0 || c.Faults > 1 {
+	if !(c.Faults >= 0 && c.Faults <= 1) { // (NaN too)
 		add("-faults %v: give a rate between 0 and 1", c.Faults)
 	}
 	if c.URLsFile == "" && (c.Files < 1 || c.Files > maxSampleFiles) {
@@ -132,6 +132,9 @@ func (c Config) check() error {
 	}
 	if c.DLQ == "" {
 		add("-dlq: give a path")
+	}
+	if c.Upload == "" && c.Out == "" {
+		add("-out: give a directory")
 	}
 	if len(errs) > 0 {
 		return &usageError{strings.Join(errs, "\n")}

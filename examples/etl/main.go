@@ -172,10 +172,11 @@ func exitCode(stderr io.Writer, prog string, err error, sig os.Signal) int {
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "%s: %s\n", prog, strings.ReplaceAll(ue.msg, "\n", "\n"+prog+": "))
 		return 2
-	case err != nil:
+	case err != nil && !(sig != nil && errors.Is(err, context.Canceled)):
 		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
 		return 1
 	case sig != nil:
+		// (A signal that cancelled a read before anything started is a stop, not a failure.)
 		if s, ok := sig.(syscall.Signal); ok {
 			return 128 + int(s)
 		}

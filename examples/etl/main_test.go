@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -403,6 +404,9 @@ func TestSIGTERMDrainsThenReplayCompletes(t *testing.T) {
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"-faults", "2"},
+		{"-faults", "NaN"}, // (it faulted every request)
+		{"-out", ""},       // (it failed as the pipeline, exit 1)
+		{"sweep", "-sizes", "1", "-files", "2", "1,2,4"}, // (it ran the sweep, ignoring the argument)
 		{"-otel", "jaeger"},
 		{"-otel", "otlp=nohost"},
 		{"-files", "0"},
@@ -420,6 +424,15 @@ func TestUsageErrors(t *testing.T) {
 		assert.Equal(t, 2, realMain(args, &stdout, &stderr), "%v: %s", args, stderr.String())
 		assert.NotEmpty(t, stderr.String(), "%v says what is wrong", args)
 	}
+	// A signal that cancelled a read before anything started (a replay reading a large DLQ) is a
+	// stop, not a failure of the pipeline; without a signal, a cancellation is an error.
+	var es bytes.Buffer
+	stopped := fmt.Errorf("reading the dead letters: %w", context.Canceled)
+	assert.Equal(t, 128+int(syscall.SIGINT), exitCode(&es, "etl dlq replay", stopped, syscall.SIGINT))
+	assert.Empty(t, es.String())
+	assert.Equal(t, 1, exitCode(&es, "etl dlq replay", stopped, nil))
+	assert.Equal(t, 1, exitCode(&es, "etl", errors.New("upload failed"), syscall.SIGTERM), "a real failure during a drain is one")
+
 	var stdout, stderr bytes.Buffer
 	assert.Equal(t, 0, realMain([]string{"-h"}, &stdout, &stderr))
 	assert.Contains(t, stderr.String(), "-faults")

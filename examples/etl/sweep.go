@@ -47,6 +47,10 @@ func sweepMain(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "etl sweep: unexpected argument %q (etl sweep -h for help)\n", fs.Arg(0))
+		return 2
+	}
 	var ns []int
 	for _, f := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
