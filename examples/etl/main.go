@@ -122,7 +122,7 @@ func registerJobFlags(fs *flag.FlagSet, c *Config, replay bool) {
 	fs.DurationVar(&c.DownloadTimeout, "download-timeout", c.DownloadTimeout, "per-attempt download timeout")
 	fs.DurationVar(&c.UploadTimeout, "upload-timeout", c.UploadTimeout, "per-attempt upload timeout")
 	fs.IntVar(&c.Attempts, "attempts", c.Attempts, "attempts per download and upload, the first included")
-	fs.DurationVar(&c.Backoff, "backoff", c.Backoff, "first retry delay (doubling, jittered ±50%, at most 2s)")
+	fs.DurationVar(&c.Backoff, "backoff", c.Backoff, "first retry delay (doubling, jittered ±50%, up to 2s or this delay if longer)")
 	fs.IntVar(&c.BatchSize, "batch", c.BatchSize, "rows per uploaded object, at most")
 	fs.DurationVar(&c.BatchWait, "batch-wait", c.BatchWait, "longest a row waits for its batch to fill")
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "on SIGINT/SIGTERM, how long in-flight items get to finish")
