@@ -56,30 +56,37 @@ func TestOutOfRangeStageOptionsAreRefused(t *testing.T) {
 	}
 }
 
+// threeDeadLetters runs 1, 2 and 3 through a sink that fails them for good, then calls replay
+// for each of them once replaying is set: it returns the pipeline, its store and the records.
+func threeDeadLetters(t *testing.T, replay func(ctx context.Context, n int) error, opts ...pipeline.Option) (*pipeline.Pipeline[int], *dlq.Memory, []dlq.Record, *atomic.Bool) {
+	var replaying atomic.Bool
+	s := stage.Sink("s", func(ctx context.Context, n int) error {
+		if !replaying.Load() {
+			return retry.Permanent(errors.New("down"))
+		}
+		return replay(ctx, n)
+	}, stage.Workers(1))
+	mem := dlq.NewMemory()
+	p, err := pipeline.New("p", pipeline.Then(pipeline.Input[int](), s), append(opts, pipeline.WithDLQ(mem))...)
+	require.NoError(t, err)
+	rep, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3}))
+	require.NoError(t, err)
+	require.EqualValues(t, 3, rep.DeadLettered)
+	left, err := mem.Records(context.Background())
+	require.NoError(t, err)
+	return p, mem, left, &replaying
+}
+
 // A replay stopped by its context lists as injected only the records it injected; the others
 // stay in the store, untouched.
 func TestStoppedReplayListsOnlyWhatItInjected(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var broken atomic.Bool
-		broken.Store(true)
 		called := make(chan int, 10)
-		s := stage.Sink("s", func(_ context.Context, n int) error {
-			if broken.Load() {
-				return retry.Permanent(errors.New("down"))
-			}
+		p, mem, left, replaying := threeDeadLetters(t, func(_ context.Context, n int) error {
 			called <- n
 			return nil
-		}, stage.Workers(1))
-		mem := dlq.NewMemory()
-		p, err := pipeline.New("p", pipeline.Then(pipeline.Input[int](), s), pipeline.WithDLQ(mem))
-		require.NoError(t, err)
-		rep, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3}))
-		require.NoError(t, err)
-		require.EqualValues(t, 3, rep.DeadLettered)
-		left, err := mem.Records(context.Background())
-		require.NoError(t, err)
-
-		broken.Store(false)
+		})
+		replaying.Store(true)
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() { <-called; cancel() }() // stop the replay once its first item is through
 		rr, err := p.Replay(ctx, mem, pipeline.ReplayOptions{Rate: 1})
@@ -100,29 +107,15 @@ func TestStoppedReplayListsOnlyWhatItInjected(t *testing.T) {
 // reported it as one).
 func TestStoppedReplayListsWhichRecordsCompleted(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var replaying atomic.Bool
 		entered := make(chan int, 10)
-		s := stage.Sink("s", func(ctx context.Context, n int) error {
-			if !replaying.Load() {
-				return retry.Permanent(errors.New("down"))
-			}
+		p, mem, left, replaying := threeDeadLetters(t, func(ctx context.Context, n int) error {
 			entered <- n
 			if n == 1 {
 				return nil
 			}
 			<-ctx.Done() // the drain cuts it off
 			return ctx.Err()
-		}, stage.Workers(1))
-		mem := dlq.NewMemory()
-		p, err := pipeline.New("p", pipeline.Then(pipeline.Input[int](), s), pipeline.WithDLQ(mem),
-			pipeline.WithDrainTimeout(time.Second))
-		require.NoError(t, err)
-		rep, err := p.Run(context.Background(), pipeline.FromSlice([]int{1, 2, 3}))
-		require.NoError(t, err)
-		require.EqualValues(t, 3, rep.DeadLettered)
-		left, err := mem.Records(context.Background())
-		require.NoError(t, err)
-
+		}, pipeline.WithDrainTimeout(time.Second))
 		replaying.Store(true)
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() { <-entered; <-entered; cancel() }() // stop the replay while item 2 is in flight
