@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/dlq"
 	"github.com/sluicehq/sluice/pipeline"
@@ -150,4 +151,34 @@ func BenchmarkShortRun(b *testing.B) {
 			b.Fatalf("delivered %d of 64: %v", rep.Delivered, err)
 		}
 	}
+}
+
+// BenchmarkBatch is a busy batch stage: items into batches of 64 on 4 workers, each batch
+// summed, into a one-worker sink. One op is one item.
+func BenchmarkBatch(b *testing.B) {
+	sum := 0
+	flow := pipeline.Then(pipeline.Then(pipeline.Input[int](),
+		stage.Batch("b", 64, time.Second, func(_ context.Context, xs []int) (int, error) {
+			s := 0
+			for _, x := range xs {
+				s += x
+			}
+			return s, nil
+		}, stage.Workers(4), stage.Capacity(256))),
+		stage.Sink("sum", func(_ context.Context, x int) error { sum += x; return nil }, stage.Workers(1)))
+	p, err := pipeline.New("bench", flow, pipeline.WithDLQ(dlq.NewMemory()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	b.ResetTimer()
+	if _, err := p.Run(context.Background(), pipeline.FromSeq(count(b.N))); err != nil {
+		b.Fatal(err)
+	}
+	if want := b.N * (b.N - 1) / 2; sum != want {
+		b.Fatalf("sum %d, want %d", sum, want)
+	}
+	reportPerItem(b, before)
 }
