@@ -562,3 +562,78 @@ func TestMixedAckChainsParkedByDrainLoseNothing(t *testing.T) {
 		})
 	}
 }
+
+// An autoscaled batch stage is sized for its items: 1,000 items/s in batches of 10 whose calls
+// take 10ms is 100 batches/s × 10ms, one busy worker (Little's law; 2 at the default target
+// utilization). Its service time was per batch against arrivals per item, so the pool grew to
+// 13 workers while at most 2 calls ran at once.
+func TestAutoscaledBatchIsSizedForItems(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var busy, maxBusy atomic.Int64
+		up := stage.Batch("upload", 10, time.Hour, func(_ context.Context, b []int) (int, error) {
+			n := busy.Add(1)
+			for m := maxBusy.Load(); n > m && !maxBusy.CompareAndSwap(m, n); m = maxBusy.Load() {
+			}
+			time.Sleep(10 * time.Millisecond)
+			busy.Add(-1)
+			return len(b), nil
+		}, stage.Autoscale(1, 64, stage.AutoscaleConfig{Window: 100 * time.Millisecond}))
+		p, err := pipeline.New("scale", pipeline.Then(pipeline.Input[int](), up))
+		require.NoError(t, err)
+		push := pipeline.NewPush[int]()
+		job, err := p.Start(context.Background(), push)
+		require.NoError(t, err)
+		most := 0
+		for i := range 3000 {
+			require.NoError(t, push.Submit(context.Background(), i))
+			time.Sleep(time.Millisecond)
+			if i%100 == 50 {
+				most = max(most, job.Stats().Stages[0].Workers)
+			}
+		}
+		push.Close()
+		rep, err := job.Wait()
+		require.NoError(t, err)
+		assert.EqualValues(t, 3000, rep.Delivered)
+		assert.LessOrEqual(t, most, 4, "the pool for 100 batches/s × 10ms (calls at once at most %d)", maxBusy.Load())
+	})
+}
+
+// A replay into a batch stage links the batch's span to the failures its items come from, as a
+// replayed item's span does in other stages (the batch linked only to the items' spans, which
+// a replayed item has none of).
+func TestReplayIntoBatchLinksToTheFailure(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	var fail atomic.Bool
+	fail.Store(true)
+	up := stage.Batch("upload", 2, time.Hour, func(_ context.Context, b []int) (int, error) {
+		if fail.Load() {
+			return 0, retry.Permanent(errors.New("down"))
+		}
+		return len(b), nil
+	})
+	mem := dlq.NewMemory()
+	p, err := pipeline.New("b", pipeline.Then(pipeline.Input[int](), up), pipeline.WithDLQ(mem), pipeline.WithTracerProvider(tp))
+	require.NoError(t, err)
+	_, err = p.Run(context.Background(), pipeline.FromSlice([]int{1, 2}))
+	require.NoError(t, err)
+	recs, err := mem.Records(context.Background())
+	require.NoError(t, err)
+	require.Len(t, recs, 2)
+	require.NotEmpty(t, recs[0].SpanID)
+
+	fail.Store(false)
+	n := len(rec.Ended())
+	rr, err := p.Replay(context.Background(), mem, pipeline.ReplayOptions{})
+	require.NoError(t, err)
+	require.Equal(t, 2, rr.Completed)
+	spans := rec.Ended()[n:]
+	require.Len(t, spans, 1, "one batch span for the replay")
+	var linked []string
+	for _, l := range spans[0].Links() {
+		linked = append(linked, l.SpanContext.SpanID().String())
+	}
+	assert.Contains(t, linked, recs[0].SpanID, "the replayed batch's span links to the span of the failure")
+}

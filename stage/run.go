@@ -1112,7 +1112,11 @@ func (w *worker[In, Out]) judge(start int64) (d time.Duration, changed bool) {
 func (w *worker[In, Out]) recordTiming(ctx context.Context, d time.Duration, changed bool, outcome string, err error) {
 	w.t.work.Record(d)
 	inc(&w.c.workNs, int64(d))
-	inc(&w.c.timed, 1)
+	timed := int64(1)
+	if w.r.s.kind == KindBatch {
+		timed = int64(w.k) // the items of the batch: the autoscaler sizes the pool for items
+	}
+	inc(&w.c.timed, timed)
 	if changed {
 		w.r.in.SampleStamps(w.fast) // a fast stage's queue stamps one item in core.SampleEvery
 	}
@@ -1433,10 +1437,14 @@ func (w *worker[In, Out]) handleBatch(items []core.Envelope[In], wait time.Durat
 	start := r.env.Clock.Now()
 	base, span := w.ctx, trace.Span(nil)
 	if r.traced {
-		// A batch's span starts a trace of its own and links to the spans of its items.
-		scs := make([]trace.SpanContext, len(items))
+		// A batch's span starts a trace of its own and links to the spans of its items, and to
+		// the failure a replayed item comes from.
+		scs := make([]trace.SpanContext, 0, len(items))
 		for i := range items {
-			scs[i] = items[i].M.Span()
+			scs = append(scs, items[i].M.Span())
+			if l := items[i].M.Link(); l.IsValid() {
+				scs = append(scs, l)
+			}
 		}
 		base, span = r.tel.Start(w.ctx, trace.SpanContext{}, "", wait+time.Duration(start-w.takenAt), tracing.Links(nil, scs...)...)
 	}

@@ -18,7 +18,7 @@ type Stats struct {
 	Capacity int    `json:"capacity"` // capacity of the input
 	Queued   int    `json:"queued"`   // items in the input now, not yet taken by a worker: up to Capacity plus one per worker (a batch per worker for a batch stage), as the input keeps a slot for each worker's hand
 
-	In           int64 `json:"in"`            // items that reached the stage (queued, or parked on its behalf)
+	In           int64 `json:"in"`            // items the stage's workers took, or parked or dead-lettered on its behalf (not those still queued: see Queued)
 	Out          int64 `json:"out"`           // items it passed on (a flat-map's outputs, a batch's batches)
 	Succeeded    int64 `json:"succeeded"`     // inputs whose call succeeded and that were passed on (or delivered)
 	Filtered     int64 `json:"filtered"`      // inputs dropped on purpose
@@ -83,7 +83,8 @@ type counters struct {
 // with no contention between workers; Stats adds them up.
 type wcounters struct {
 	in, out, succeeded, filtered, attempts, retries atomic.Int64
-	// Work time of the timed items, for the autoscaler's service time.
+	// Work time of the timed calls and the items they carried (a batch's items), for the
+	// autoscaler's service time per item.
 	workNs, timed atomic.Int64
 	// Source units the worker delivered (last stage) or filtered.
 	deliveredUnits, filteredUnits atomic.Int64

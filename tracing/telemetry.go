@@ -162,7 +162,7 @@ func (t *Telemetry) instruments() error {
 		collect(err)
 		return c
 	}
-	t.itemsIn = counter(MetricItemsIn, "{item}", "Items a stage accepted into its input.")
+	t.itemsIn = counter(MetricItemsIn, "{item}", "Items a stage took from its input (or parked or dead-lettered on its behalf).")
 	t.itemsOut = counter(MetricItemsOut, "{item}", "Items a stage emitted downstream.")
 	t.items = counter(MetricItems, "{item}", "Input items a stage finished, by outcome.")
 	t.attempts = counter(MetricAttempts, "{attempt}", "Calls of a stage's function, first attempts and retries.")
